@@ -1,0 +1,139 @@
+"""Turning collected frames into frozen records: parameter attribution, inclusive sums, closed forms."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from inspector.closed_forms import evaluate
+from inspector.collect import Frame, OpCounter
+from inspector.records import LayerRecord, OpStat
+from inspector.report import Report, Timing
+
+
+def _nearest_called(name: str, called: dict[str, int]) -> int | None:
+    while True:
+        if name in called:
+            return called[name]
+        if not name:
+            return None
+        name = name.rpartition(".")[0]
+
+
+def attribute_params(model: nn.Module, frames: list[Frame]) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
+    """Each unique parameter goes to the first call of its module, or of its nearest called ancestor.
+
+    Returns {frame index: [params, trainable]} and the top-most modules that never ran, with their
+    parameter counts (MultiheadAttention's out_proj, an unused auxiliary head...).
+    """
+    called: dict[str, int] = {}
+    for f in frames:
+        called.setdefault(f.name, f.index)
+    per_frame: dict[int, list[int]] = {}
+    for pname, p in model.named_parameters():  # named_parameters yields a tied tensor once
+        index = _nearest_called(pname.rpartition(".")[0], called)
+        if index is None:
+            continue
+        entry = per_frame.setdefault(index, [0, 0])
+        entry[0] += p.numel()
+        entry[1] += p.numel() if p.requires_grad else 0
+    uncalled = []
+    for name, module in model.named_modules():
+        parent = name.rpartition(".")[0]
+        if name and name not in called and parent in called:
+            uncalled.append((name, sum(p.numel() for p in module.parameters())))
+    return per_frame, uncalled
+
+
+def _model_name(model: nn.Module) -> str:
+    from models import zoo
+
+    return zoo.built_as(model) or type(model).__name__
+
+
+def _param_totals(model: nn.Module) -> tuple[int, int, int, int, int]:
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    return (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
+            sum(b.numel() for b in buffers), sum(p.numel() * p.element_size() for p in params),
+            sum(b.numel() * b.element_size() for b in buffers))
+
+
+def build_records(model: nn.Module, frames: list[Frame], counter: OpCounter, notes: list[str], args: tuple,
+                  kwargs: dict, device: torch.device, dtype: torch.dtype | None, mode: str,
+                  timing: Timing | None) -> Report:
+    if frames and (counter.outside.macs or counter.outside.ops):
+        root = frames[0]
+        root.macs += counter.outside.macs
+        for op, (calls, macs) in counter.outside.ops.items():
+            stat = root.ops.setdefault(op, [0, 0])
+            stat[0] += calls
+            stat[1] += macs
+    per_frame, uncalled = attribute_params(model, frames)
+    inclusive_macs = [f.macs for f in frames]
+    inclusive_params = [per_frame.get(f.index, [0])[0] for f in frames]
+    has_children = [False] * len(frames)
+    for f in reversed(frames):
+        if f.parent is not None:
+            inclusive_macs[f.parent] += inclusive_macs[f.index]
+            inclusive_params[f.parent] += inclusive_params[f.index]
+            has_children[f.parent] = True
+    module_params: dict[int, int] = {}
+    records = []
+    for f in frames:
+        form = evaluate(f.module, f.args, f.kwargs, f.outputs)
+        key = id(f.module)
+        if key not in module_params:
+            module_params[key] = sum(p.numel() for p in f.module.parameters())
+        params, trainable = per_frame.get(f.index, [0, 0])
+        records.append(LayerRecord(
+            index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
+            call=f.call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
+            output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
+            inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive_macs[f.index],
+            expected_macs=None if form is None else form.macs,
+            expected_params=None if form is None else form.params, module_params=module_params[key],
+            ops=tuple(OpStat(op, c, m) for op, (c, m) in f.ops.items()),
+            time_ms=None if f.time_s is None else f.time_s * 1e3,
+        ))
+    records = _with_self_times(records)
+    total, trainable, buf, pbytes, bbytes = _param_totals(model)
+    leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    eff_dtype = dtype or next((p.dtype for p in model.parameters()), torch.float32)
+    if dtype is not None:
+        pbytes = sum(p.numel() * (torch.empty((), dtype=dtype).element_size() if p.is_floating_point()
+                                  else p.element_size()) for p in model.parameters())
+    return Report(
+        model=_model_name(model), layers=tuple(records), total_params=total, trainable_params=trainable,
+        buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes,
+        total_macs=sum(r.macs for r in records), input_shapes=tuple(tuple(t.shape) for t in leaves),
+        device=str(device), dtype=str(eff_dtype).replace("torch.", ""), mode=mode,
+        peak_activation_bytes=counter.live.peak, uncounted_ops=dict(counter.uncounted),
+        uncalled=tuple(uncalled), notes=tuple(notes), timing=timing,
+    )
+
+
+def _with_self_times(records: list[LayerRecord]) -> list[LayerRecord]:
+    """Self time = a call's time minus its children's (never below zero)."""
+    if not records or records[0].time_ms is None:
+        return records
+    children_time = [0.0] * len(records)
+    for r in records:
+        if r.parent is not None and r.time_ms is not None:
+            children_time[r.parent] += r.time_ms
+    from dataclasses import replace
+
+    return [replace(r, self_time_ms=max(0.0, (r.time_ms or 0.0) - children_time[r.index])) for r in records]
+
+
+def static_records(model: nn.Module, notes: list[str], device: str, dtype: str, mode: str) -> Report:
+    """A parameters-only report, for a model given without inputs that could not be inferred."""
+    total, trainable, buf, pbytes, bbytes = _param_totals(model)
+    return Report(model=_model_name(model), layers=(), total_params=total, trainable_params=trainable,
+                  buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes, total_macs=None,
+                  input_shapes=(), device=device, dtype=dtype, mode=mode, notes=tuple(notes))
+
+
+__all__ = ["attribute_params", "build_records", "static_records"]

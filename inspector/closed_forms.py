@@ -1,0 +1,254 @@
+"""Closed forms per layer type: the independent check on what the op-level counter measured.
+
+Each formula takes the module (for its configuration), the shapes of its positional and keyword
+arguments as the hooks saw them, and the output shapes, and returns the MACs (and, for layers whose
+parameter count follows from the configuration, the parameter count). Nothing here looks at aten
+ops: output sizes are recomputed from the configuration, not read back from the run.
+
+Formulas are found along ``type(module).__mro__``, so subclasses (FrozenBatchNorm2d, a custom
+Conv2d, NonDynamicallyQuantizableLinear) are covered. Register new ones with ``@closed_form(Type)``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.nn.modules import activation, conv, dropout, padding, pooling
+from torch.nn.modules.batchnorm import _NormBase
+
+from inspector.op_formulas import INTERPOLATION_TAPS
+from inspector.registry import Registry
+
+Shape = Sequence[int]
+
+
+@dataclass(frozen=True)
+class ClosedForm:
+    macs: int
+    params: int | None = None
+
+
+ClosedFormFn = Callable[[Any, tuple, dict, tuple], ClosedForm]
+CLOSED_FORMS: Registry[type, ClosedFormFn] = Registry("closed form")
+
+
+def closed_form(*types: type) -> Callable[[ClosedFormFn], ClosedFormFn]:
+    """Register the closed form of one or more layer types (subclasses inherit it)."""
+    return CLOSED_FORMS.register(*types)
+
+
+def evaluate(module: nn.Module, args: tuple, kwargs: dict, out: tuple) -> ClosedForm | None:
+    fn = CLOSED_FORMS.lookup_type(type(module))
+    return None if fn is None else fn(module, args, kwargs, out)
+
+
+def _arg(args: tuple, kwargs: dict, position: int, name: str) -> Any:
+    return args[position] if len(args) > position else kwargs.get(name)
+
+
+def _bias(module: nn.Module, size: int, attr: str = "bias") -> int:
+    return size if getattr(module, attr, None) is not None else 0
+
+
+# --- the post's whole-network formulas, generalised ----------------------------------------------
+
+def dense_stack(sizes: Sequence[int], batch: int = 1) -> ClosedForm:
+    """A stack of fully connected layers ``sizes[0] -> sizes[1] -> ...``: weights + biases, and one
+    MAC per weight per sample."""
+    pairs = list(zip(sizes, sizes[1:]))
+    return ClosedForm(macs=batch * sum(a * b for a, b in pairs), params=sum(a * b + b for a, b in pairs))
+
+
+def conv_output_side(side: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1) -> int:
+    return (side + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_then_dense(side: int, channels: int, filters: int, kernel: int, classes: int,
+                    pool: int | None = None, pad: int = 0, batch: int = 1) -> ClosedForm:
+    """One square convolution (stride 1), an optional max-pool, then a dense layer to ``classes``."""
+    out = conv_output_side(side, kernel, pad=pad)
+    conv_part = ClosedForm(macs=batch * out * out * filters * kernel * kernel * channels,
+                           params=kernel * kernel * channels * filters + filters)
+    pooled = out // pool if pool else out
+    dense = dense_stack([filters * pooled * pooled, classes], batch)
+    return ClosedForm(conv_part.macs + dense.macs, conv_part.params + dense.params)  # type: ignore[operator]
+
+
+# --- convolutions --------------------------------------------------------------------------------
+
+def _conv_geometry(m: conv._ConvNd, x: Shape) -> tuple[int, Shape]:
+    nd = len(m.kernel_size)
+    batch = math.prod(x[:-nd - 1])
+    return batch, x[-nd:]
+
+
+@closed_form(conv._ConvNd)
+def conv_form(m: conv._ConvNd, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    batch, spatial = _conv_geometry(m, _arg(args, kwargs, 0, "input"))
+    if m.padding == "same":
+        out_spatial = list(spatial)
+    else:
+        pads = (0,) * len(spatial) if m.padding == "valid" else m.padding
+        out_spatial = [conv_output_side(s, k, st, p, d) for s, k, st, p, d
+                       in zip(spatial, m.kernel_size, m.stride, pads, m.dilation)]
+    kernel = math.prod(m.kernel_size)
+    per_output = (m.in_channels // m.groups) * kernel
+    return ClosedForm(macs=batch * m.out_channels * math.prod(out_spatial) * per_output,
+                      params=m.out_channels * per_output + _bias(m, m.out_channels))
+
+
+@closed_form(conv._ConvTransposeNd)
+def conv_transpose_form(m: conv._ConvTransposeNd, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    """Each input position is scattered through out_channels/groups filters of the kernel's volume."""
+    batch, spatial = _conv_geometry(m, _arg(args, kwargs, 0, "input"))
+    weights = m.in_channels * (m.out_channels // m.groups) * math.prod(m.kernel_size)
+    return ClosedForm(macs=batch * math.prod(spatial) * weights, params=weights + _bias(m, m.out_channels))
+
+
+# --- dense layers ----------------------------------------------------------------------------------
+
+@closed_form(nn.Linear)
+def linear_form(m: nn.Linear, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    x = _arg(args, kwargs, 0, "input")
+    rows = math.prod(x[:-1])
+    return ClosedForm(macs=rows * m.in_features * m.out_features,
+                      params=m.in_features * m.out_features + _bias(m, m.out_features))
+
+
+@closed_form(nn.Bilinear)
+def bilinear_form(m: nn.Bilinear, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    """y_o = x1^T A_o x2: one MAC per weight per sample."""
+    rows = math.prod(_arg(args, kwargs, 0, "input1")[:-1])
+    weights = m.out_features * m.in1_features * m.in2_features
+    return ClosedForm(macs=rows * weights, params=weights + _bias(m, m.out_features))
+
+
+@closed_form(nn.Embedding)
+def embedding_form(m: nn.Embedding, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    return ClosedForm(macs=0, params=m.num_embeddings * m.embedding_dim)
+
+
+@closed_form(nn.EmbeddingBag)
+def embedding_bag_form(m: nn.EmbeddingBag, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    """Sums and means are additions; only per-sample weights multiply (once per looked-up row)."""
+    weighted = _arg(args, kwargs, 2, "per_sample_weights") is not None
+    indices = math.prod(_arg(args, kwargs, 0, "input"))
+    return ClosedForm(macs=indices * m.embedding_dim if weighted else 0,
+                      params=m.num_embeddings * m.embedding_dim)
+
+
+# --- recurrent layers ------------------------------------------------------------------------------
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+@closed_form(nn.RNNBase)
+def rnn_form(m: nn.RNNBase, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    """Per step, layer and direction: gates * H * (I_layer + H_out) MACs, plus H * P for a projection.
+
+    LSTM has 4 gates, GRU 3, a plain RNN 1; layers above the first take directions * H_out inputs.
+    """
+    gates, hidden = _GATES[m.mode], m.hidden_size
+    step_out = m.proj_size or hidden
+    dirs = 2 if m.bidirectional else 1
+    steps = math.prod(_arg(args, kwargs, 0, "input")[:-1])
+    per_step = params = 0
+    for layer in range(m.num_layers):
+        layer_in = m.input_size if layer == 0 else step_out * dirs
+        proj = hidden * m.proj_size if m.proj_size else 0
+        per_step += dirs * (gates * hidden * (layer_in + step_out) + proj)
+        params += dirs * (gates * hidden * (layer_in + step_out) + proj + (2 * gates * hidden if m.bias else 0))
+    return ClosedForm(macs=steps * per_step, params=params)
+
+
+# --- attention -------------------------------------------------------------------------------------
+
+def _seq(shape: Shape, batch_first: bool) -> tuple[int, int]:
+    """(batch, length) of an (L, N, E) / (N, L, E) / unbatched (L, E) sequence."""
+    if len(shape) == 2:
+        return 1, shape[0]
+    return (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
+
+
+def mha_macs(m: nn.MultiheadAttention, q: Shape, k: Shape) -> int:
+    """Projections (q: L*E*E, k: S*kdim*E, v: S*vdim*E, out: L*E*E) + 2*L*S'*E for attention."""
+    batch, q_len = _seq(q, m.batch_first)
+    _, k_len = _seq(k, m.batch_first)
+    e = m.embed_dim
+    attended = k_len + (m.bias_k is not None) + bool(m.add_zero_attn)
+    projections = q_len * e * e + k_len * (m.kdim + m.vdim) * e + q_len * e * e
+    return batch * (projections + 2 * q_len * attended * e)
+
+
+@closed_form(nn.MultiheadAttention)
+def mha_form(m: nn.MultiheadAttention, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    e = m.embed_dim
+    params = e * e + (m.kdim + m.vdim) * e + e * e + _bias(m, 3 * e, "in_proj_bias")
+    params += _bias(m.out_proj, e) + (2 * e if m.bias_k is not None else 0)
+    q, k = _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key")
+    return ClosedForm(macs=mha_macs(m, q, k), params=params)
+
+
+def _ffn_macs(layer: nn.Module, tokens: int) -> int:
+    return tokens * 2 * layer.linear1.in_features * layer.linear1.out_features
+
+
+@closed_form(nn.TransformerEncoderLayer)
+def encoder_layer_form(m: nn.TransformerEncoderLayer, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    src = _arg(args, kwargs, 0, "src")
+    batch, length = _seq(src, m.self_attn.batch_first)
+    return ClosedForm(macs=mha_macs(m.self_attn, src, src) + _ffn_macs(m, batch * length))
+
+
+@closed_form(nn.TransformerDecoderLayer)
+def decoder_layer_form(m: nn.TransformerDecoderLayer, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    tgt, memory = _arg(args, kwargs, 0, "tgt"), _arg(args, kwargs, 1, "memory")
+    batch, length = _seq(tgt, m.self_attn.batch_first)
+    attention = mha_macs(m.self_attn, tgt, tgt) + mha_macs(m.multihead_attn, tgt, memory)
+    return ClosedForm(macs=attention + _ffn_macs(m, batch * length))
+
+
+# --- resampling -----------------------------------------------------------------------------------
+
+@closed_form(nn.Upsample)
+def upsample_form(m: nn.Upsample, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    """Interpolation is a weighted sum of 2 (linear), 4 (bilinear), 8 (trilinear) or 16 (bicubic)
+    inputs per output element; nearest neighbour copies."""
+    x = _arg(args, kwargs, 0, "input")
+    nd = len(x) - 2
+    if m.size is not None:
+        size = m.size if isinstance(m.size, (tuple, list)) else (m.size,) * nd
+    else:
+        scale = m.scale_factor if isinstance(m.scale_factor, (tuple, list)) else (m.scale_factor,) * nd
+        size = tuple(math.floor(s * f) for s, f in zip(x[2:], scale))
+    return ClosedForm(macs=x[0] * x[1] * math.prod(size) * INTERPOLATION_TAPS[m.mode], params=0)
+
+
+# --- layers that do no matmul-like work -----------------------------------------------------------
+
+def _zero_macs(params: Callable[[Any], int]) -> ClosedFormFn:
+    def form(m: nn.Module, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+        return ClosedForm(macs=0, params=params(m))
+    return form
+
+
+closed_form(_NormBase, nn.GroupNorm)(_zero_macs(
+    lambda m: 2 * getattr(m, "num_features", getattr(m, "num_channels", 0)) if m.affine else 0))
+closed_form(nn.LayerNorm)(_zero_macs(
+    lambda m: (math.prod(m.normalized_shape) * (1 + (m.bias is not None)) if m.elementwise_affine else 0)))
+closed_form(nn.PReLU)(_zero_macs(lambda m: m.num_parameters))
+
+_PARAMETER_FREE: list[type] = [
+    pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd, pooling._AdaptiveMaxPoolNd,
+    pooling._LPPoolNd, pooling._MaxUnpoolNd, dropout._DropoutNd, padding._ConstantPadNd,
+    padding._ReflectionPadNd, padding._ReplicationPadNd, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.LocalResponseNorm,
+    nn.CrossMapLRN2d, nn.FractionalMaxPool2d, nn.FractionalMaxPool3d,
+    *[cls for name, cls in vars(activation).items()
+      if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == activation.__name__
+      and cls not in (nn.MultiheadAttention, nn.PReLU)],
+]
+closed_form(*_PARAMETER_FREE)(_zero_macs(lambda m: 0))

@@ -1,0 +1,87 @@
+"""Frozen records: one per module call, and the mismatches found by the cross-check."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OpStat:
+    """One aten op as run directly inside one module call (not inside its children)."""
+
+    op: str
+    calls: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """Everything known about one call of one module, computed once and rendered many ways.
+
+    ``macs``/``params`` are *self* figures: work run while this call was the innermost module, and
+    parameters first counted here (the module's own, plus those of descendants that never ran as
+    modules, such as MultiheadAttention's ``out_proj``). Summed over all records they give the
+    totals. ``inclusive_*`` add everything the call ran below it.
+    """
+
+    index: int
+    name: str
+    type: str
+    depth: int
+    parent: int | None
+    call: int
+    is_leaf: bool
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    output_bytes: int
+    params: int
+    trainable_params: int
+    inclusive_params: int
+    macs: int
+    inclusive_macs: int
+    expected_macs: int | None
+    expected_params: int | None
+    module_params: int
+    ops: tuple[OpStat, ...]
+    time_ms: float | None = None
+    self_time_ms: float | None = None
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def inclusive_flops(self) -> int:
+        return 2 * self.inclusive_macs
+
+    @property
+    def label(self) -> str:
+        """Qualified name, with the call number when the module ran more than once."""
+        base = self.name or "(model)"
+        return f"{base}#{self.call}" if self.call else base
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["flops"] = self.flops
+        out["inclusive_flops"] = self.inclusive_flops
+        out["input_shapes"] = [list(s) for s in self.input_shapes]
+        out["output_shapes"] = [list(s) for s in self.output_shapes]
+        return out
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A layer call whose counted figure disagrees with its closed form."""
+
+    layer: str
+    type: str
+    quantity: str  # "macs" or "params"
+    counted: int
+    expected: int
+
+    def __str__(self) -> str:
+        diff = self.counted - self.expected
+        return (f"{self.layer} ({self.type}): {self.quantity} counted {self.counted:,} "
+                f"vs closed form {self.expected:,} ({diff:+,})")

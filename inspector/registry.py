@@ -1,0 +1,54 @@
+"""A small keyed registry filled by a decorator; the one mechanism behind every table of formulas."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+from inspector.errors import RegistryError
+
+K = TypeVar("K")
+F = TypeVar("F", bound=Callable)
+
+
+class Registry(Generic[K, F]):
+    """Maps keys (op overload packets, module types, format names) to functions.
+
+    ``@registry.register(key, ...)`` binds a function to one or more keys and refuses duplicates.
+    ``lookup_type`` walks a class's MRO so that subclasses of a registered layer are covered.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._table: dict[K, F] = {}
+
+    def register(self, *keys: K) -> Callable[[F], F]:
+        def bind(fn: F) -> F:
+            for key in keys:
+                if key in self._table:
+                    raise RegistryError(f"{self.what}: {key!r} is already registered")
+                self._table[key] = fn
+            return fn
+        return bind
+
+    def get(self, key: K, default: F | None = None) -> F | None:
+        return self._table.get(key, default)
+
+    def lookup_type(self, cls: type) -> F | None:
+        """The function registered for ``cls`` or its nearest registered base class."""
+        for base in cls.__mro__:
+            fn = self._table.get(base)  # type: ignore[call-overload]
+            if fn is not None:
+                return fn
+        return None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._table
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def keys(self) -> Iterable[K]:
+        return self._table.keys()
