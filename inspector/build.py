@@ -13,6 +13,27 @@ from inspector.records import LayerRecord, OpStat
 from inspector.report import Report, Timing
 
 
+def packed_weights(module: nn.Module) -> list[torch.Tensor]:
+    """Weights a quantized layer keeps packed (not as Parameters): counted as frozen parameters."""
+    if ".quantized" not in type(module).__module__:
+        return []
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if not callable(weight):
+        return []
+    tensors = [weight()]
+    if callable(bias) and bias() is not None:
+        tensors.append(bias())
+    return tensors
+
+
+def _named_params(model: nn.Module) -> list[tuple[str, torch.Tensor, bool]]:
+    """(qualified name, tensor, trainable) of every unique parameter, packed quantized weights included."""
+    out = [(name, p, p.requires_grad) for name, p in model.named_parameters()]
+    for mname, module in model.named_modules():
+        out += [(f"{mname}.packed{i}", t, False) for i, t in enumerate(packed_weights(module))]
+    return out
+
+
 def _nearest_called(name: str, called: dict[str, int]) -> int | None:
     while True:
         if name in called:
@@ -32,18 +53,18 @@ def attribute_params(model: nn.Module, frames: list[Frame]) -> tuple[dict[int, l
     for f in frames:
         called.setdefault(f.name, f.index)
     per_frame: dict[int, list[int]] = {}
-    for pname, p in model.named_parameters():  # named_parameters yields a tied tensor once
+    for pname, p, trainable in _named_params(model):  # a tied tensor comes once
         index = _nearest_called(pname.rpartition(".")[0], called)
         if index is None:
             continue
         entry = per_frame.setdefault(index, [0, 0])
         entry[0] += p.numel()
-        entry[1] += p.numel() if p.requires_grad else 0
+        entry[1] += p.numel() if trainable else 0
     uncalled = []
     for name, module in model.named_modules():
         parent = name.rpartition(".")[0]
         if name and name not in called and parent in called:
-            uncalled.append((name, sum(p.numel() for p in module.parameters())))
+            uncalled.append((name, _module_params(module)))
     return per_frame, uncalled
 
 
@@ -53,11 +74,15 @@ def _model_name(model: nn.Module) -> str:
     return zoo.built_as(model) or type(model).__name__
 
 
+def _module_params(module: nn.Module) -> int:
+    return sum(p.numel() for _, p, _ in _named_params(module))
+
+
 def _param_totals(model: nn.Module) -> tuple[int, int, int, int, int]:
-    params = list(model.parameters())
+    params = _named_params(model)
     buffers = list(model.buffers())
-    return (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
-            sum(b.numel() for b in buffers), sum(p.numel() * p.element_size() for p in params),
+    return (sum(p.numel() for _, p, _ in params), sum(p.numel() for _, p, t in params if t),
+            sum(b.numel() for b in buffers), sum(p.numel() * p.element_size() for _, p, _ in params),
             sum(b.numel() * b.element_size() for b in buffers))
 
 
@@ -86,7 +111,7 @@ def build_records(model: nn.Module, frames: list[Frame], counter: OpCounter, not
         form = evaluate(f.module, f.args, f.kwargs, f.outputs)
         key = id(f.module)
         if key not in module_params:
-            module_params[key] = sum(p.numel() for p in f.module.parameters())
+            module_params[key] = _module_params(f.module)
         params, trainable = per_frame.get(f.index, [0, 0])
         records.append(LayerRecord(
             index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,

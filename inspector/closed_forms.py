@@ -19,7 +19,6 @@ from torch import nn
 from torch.nn.modules import activation, conv, dropout, padding, pooling
 from torch.nn.modules.batchnorm import _NormBase
 
-from inspector.op_formulas import INTERPOLATION_TAPS
 from inspector.registry import Registry
 
 Shape = Sequence[int]
@@ -211,22 +210,6 @@ def decoder_layer_form(m: nn.TransformerDecoderLayer, args: tuple, kwargs: dict,
     return ClosedForm(macs=attention + _ffn_macs(m, batch * length))
 
 
-# --- resampling -----------------------------------------------------------------------------------
-
-@closed_form(nn.Upsample)
-def upsample_form(m: nn.Upsample, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
-    """Interpolation is a weighted sum of 2 (linear), 4 (bilinear), 8 (trilinear) or 16 (bicubic)
-    inputs per output element; nearest neighbour copies."""
-    x = _arg(args, kwargs, 0, "input")
-    nd = len(x) - 2
-    if m.size is not None:
-        size = m.size if isinstance(m.size, (tuple, list)) else (m.size,) * nd
-    else:
-        scale = m.scale_factor if isinstance(m.scale_factor, (tuple, list)) else (m.scale_factor,) * nd
-        size = tuple(math.floor(s * f) for s, f in zip(x[2:], scale))
-    return ClosedForm(macs=x[0] * x[1] * math.prod(size) * INTERPOLATION_TAPS[m.mode], params=0)
-
-
 # --- layers that do no matmul-like work -----------------------------------------------------------
 
 def _zero_macs(params: Callable[[Any], int]) -> ClosedFormFn:
@@ -245,7 +228,7 @@ _PARAMETER_FREE: list[type] = [
     pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd, pooling._AdaptiveMaxPoolNd,
     pooling._LPPoolNd, pooling._MaxUnpoolNd, dropout._DropoutNd, padding._ConstantPadNd,
     padding._ReflectionPadNd, padding._ReplicationPadNd, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.LocalResponseNorm,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.LocalResponseNorm,
     nn.CrossMapLRN2d, nn.FractionalMaxPool2d, nn.FractionalMaxPool3d,
     *[cls for name, cls in vars(activation).items()
       if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == activation.__name__

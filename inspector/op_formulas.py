@@ -215,22 +215,14 @@ def trilinear_macs(i1: Shape, i2: Shape, i3: Shape, expand1: Sequence[int], expa
     return _prod(max(sizes) for sizes in zip(*grids))
 
 
-#: Interpolation taps per output element (a weighted sum of this many inputs).
-INTERPOLATION_TAPS = {"linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8, "nearest": 0,
-                      "nearest-exact": 0, "area": 0}
-
-
-def _interpolation(taps: int) -> OpFormula:
-    def formula(x: Shape, *_: Any, out: Shape, **__: Any) -> int:
-        return _prod(out) * taps
-    formula.__doc__ = f"{taps} multiply-accumulates per output element."
-    return formula
-
-
-for _op, _mode in [("upsample_linear1d", "linear"), ("upsample_bilinear2d", "bilinear"),
-                   ("_upsample_bilinear2d_aa", "bilinear"), ("upsample_bicubic2d", "bicubic"),
-                   ("_upsample_bicubic2d_aa", "bicubic"), ("upsample_trilinear3d", "trilinear")]:
-    op_formula(f"aten.{_op}")(_interpolation(INTERPOLATION_TAPS[_mode]))
+@op_formula("aten.upsample_linear1d", "aten.upsample_bilinear2d", "aten._upsample_bilinear2d_aa",
+            "aten.upsample_bicubic2d", "aten._upsample_bicubic2d_aa", "aten.upsample_trilinear3d",
+            "aten.upsample_nearest1d", "aten.upsample_nearest2d", "aten.upsample_nearest3d",
+            "aten._upsample_nearest_exact1d", "aten._upsample_nearest_exact2d", "aten._upsample_nearest_exact3d")
+def interpolation_macs(*_: Any, **__: Any) -> int:
+    """0 by convention: interpolation resamples with fixed weights and is no matmul-like work
+    (torchvision's published figures, e.g. lraspp_mobilenet_v3_large, leave it out too)."""
+    return 0
 
 
 @op_formula("aten._embedding_bag", "aten._embedding_bag_forward_only")
@@ -253,3 +245,22 @@ def _adopt_torch_formulas() -> None:
 
 
 _adopt_torch_formulas()
+
+
+# --- quantized kernels (weights arrive packed; their shapes are read from the packed object) -------
+
+def _packed_weight_shape(packed: Any) -> Shape:
+    return tuple(packed.unpack()[0].shape)
+
+
+@op_formula("quantized.conv1d", "quantized.conv2d", "quantized.conv3d", "quantized.conv1d_relu",
+            "quantized.conv2d_relu", "quantized.conv3d_relu", "quantized.conv2d_add", "quantized.conv2d_add_relu")
+def quantized_conv_macs(x: Shape, packed: Any, *_: Any, out: Shape, **__: Any) -> int:
+    transposed = bool(packed.transpose()) if hasattr(packed, "transpose") else False
+    return conv_macs(x, _packed_weight_shape(packed), out, transposed)
+
+
+@op_formula("quantized.linear", "quantized.linear_relu", "quantized.linear_dynamic",
+            "quantized.linear_relu_dynamic")
+def quantized_linear_macs(x: Shape, packed: Any, *_: Any, **__: Any) -> int:
+    return _prod(x[:-1]) * _prod(_packed_weight_shape(packed))

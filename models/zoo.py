@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect as pyinspect
+import re
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torchvision import models as tvm
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from inspector.errors import UnknownModelError
 
@@ -135,19 +138,54 @@ def builder_kwargs(name: str) -> dict[str, Any]:
         kwargs.pop("num_classes", None)
     if "init_weights" in params or name in ("googlenet", "inception_v3"):
         kwargs["init_weights"] = False  # weights are never used for counting; skip slow init
+    if name.startswith("vit_"):  # published ViT weights fix the image size the position embedding is built for
+        kwargs["image_size"] = tvm.get_model_weights(name).DEFAULT.meta["min_size"][0]
     kwargs.update(_PUBLISHED_OVERRIDES.get(name, {}))
     return kwargs
 
 
+class _ParametersOnMeta(TorchFunctionMode):
+    """Allocate ``torch.empty`` (what layers create their parameters with) on the meta device, and
+    leave other factories on the CPU: for builders that compute on small tensors (regnet's widths)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.empty and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+#: Detection models whose published weights come with a frozen (buffer-only) BatchNorm backbone.
+_FROZEN_BN_DETECTION = re.compile(r"^(fasterrcnn|maskrcnn|keypointrcnn|retinanet|fcos)_(resnet50_fpn|mobilenet_v3_large)")
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Replace BatchNorm2d by FrozenBatchNorm2d in place (our own freshly built model only)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.weight.device)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)
+
+
 def _build(name: str, device: torch.device) -> nn.Module:
+    model = _build_raw(name, device)
+    if _FROZEN_BN_DETECTION.match(name) and not name.endswith("_v2"):
+        _freeze_batchnorm(model.backbone.body if hasattr(model.backbone, "body") else model.backbone)
+    return model
+
+
+def _build_raw(name: str, device: torch.device) -> nn.Module:
     builder = tvm.get_model_builder(name)
     kwargs = builder_kwargs(name)
     if device.type == "meta" and entry(name).family != "quantization":
         try:
             with torch.device("meta"):
                 return builder(**kwargs)
-        except Exception:  # some constructors (regnet) compute on their tensors while building
-            pass
+        except (NotImplementedError, RuntimeError):  # regnet computes on tensors while building
+            with _ParametersOnMeta():
+                return builder(**kwargs).to(device)
     model = builder(**kwargs)
     if entry(name).family != "quantization":
         model = model.to(device)
