@@ -83,8 +83,8 @@ def infer_inputs(model: nn.Module) -> tuple[tuple[Any, ...] | None, str]:
 
 def resolve(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None,
             input_size: Any) -> tuple[tuple[Any, ...] | None, dict[str, Any], list[str]]:
-    """(positional inputs, keyword inputs, notes). A tuple is several positional inputs; anything
-    else (a tensor, a list of images, a dict) is one positional input."""
+    """(positional inputs, keyword inputs, notes). A plain tuple is several positional inputs; anything
+    else (a tensor, a list of images, a dict, a PackedSequence or other namedtuple) is one input."""
     kwargs = dict(kwargs or {})
     if inputs is not None and input_size is not None:
         raise InputError("give either inputs or input_size, not both")
@@ -92,7 +92,7 @@ def resolve(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None,
         size = validate_size(input_size)
         return (torch.randn(size),), kwargs, [f"random float input of size {size}"]
     if inputs is not None:
-        return (inputs if isinstance(inputs, tuple) else (inputs,)), kwargs, []
+        return (inputs if type(inputs) is tuple else (inputs,)), kwargs, []
     if kwargs:
         return (), kwargs, []
     args, note = infer_inputs(model)
