@@ -197,6 +197,7 @@ def torchvision_model(name: str, device: str | torch.device = "cpu") -> nn.Modul
 
     Quantized models exist on the CPU only and are always built there.
     """
+    check_name(name)
     model = _build(name, torch.device(device))
     model.eval()
     _BUILT[model] = name
