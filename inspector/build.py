@@ -60,10 +60,17 @@ def attribute_params(model: nn.Module, frames: list[Frame]) -> tuple[dict[int, l
         entry = per_frame.setdefault(index, [0, 0])
         entry[0] += p.numel()
         entry[1] += p.numel() if trainable else 0
+    # Containers without a forward (ModuleList, ModuleDict) are transparent: their children count
+    # as uncalled only when the container's own caller ran.
+    live = set(called)
     uncalled = []
     for name, module in model.named_modules():
         parent = name.rpartition(".")[0]
-        if name and name not in called and parent in called:
+        if not name or name in called or parent not in live:
+            continue
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            live.add(name)
+        else:
             uncalled.append((name, _module_params(module)))
     return per_frame, uncalled
 
