@@ -12,6 +12,7 @@ from inspector.build import build_records, static_records
 from inspector.collect import Collector, OpCounter
 from inspector.errors import InputError, InspectorError, LayerError, NotAModuleError, UnsupportedModelError
 from inspector.report import Report
+from inspector.tree import ModelTree
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -47,9 +48,9 @@ def _resolve_dtype(dtype: Any) -> torch.dtype | None:
     raise InputError(f"dtype must be one of {', '.join(_DTYPES)} or a torch.dtype, got {dtype!r}")
 
 
-def _resolve_device(model: nn.Module, device: Any) -> torch.device:
+def _resolve_device(tree: ModelTree, device: Any) -> torch.device:
     if device is None:
-        return inputs_mod.model_device(model)
+        return inputs_mod.model_device(tree)
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -90,18 +91,19 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | No
     a measured peak, a roofline verdict per layer.
     """
     model, notes = _unwrap(model)
-    target = _resolve_device(model, device)
+    tree = ModelTree(model)
+    target = _resolve_device(tree, device)
     cast = _resolve_dtype(dtype)
     args, kw, input_notes = inputs_mod.resolve(model, inputs, kwargs, input_size)
     notes += input_notes
     if args is None:
-        return static_records(model, notes, str(target), str(cast or "model's own").replace("torch.", ""), mode)
+        return static_records(tree, notes, str(target), str(cast or "model's own").replace("torch.", ""), mode)
     (args, kw), move_notes = inputs_mod.move((args, kw), target, cast)
     notes += move_notes
-    state = borrow.substitute_state(model, target, cast)
-    collector = Collector(model)
+    state = borrow.substitute_state(tree, target, cast)
+    collector = Collector(tree)
     counter = OpCounter(collector.stack)
-    with borrow.training_mode(model, mode), collector.hooks(), torch.no_grad():
+    with borrow.lent(tree, mode), collector.hooks(), torch.no_grad():
         try:
             with counter:
                 borrow.call(model, state, args, kw)
@@ -113,5 +115,5 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | No
     if timing:
         from inspector.timing import time_layers
 
-        report_timing = time_layers(model, state, args, kw, collector.frames, mode, repeat, warmup, peak)
-    return build_records(model, collector.frames, counter, notes, args, kw, target, cast, mode, report_timing)
+        report_timing = time_layers(tree, state, args, kw, collector.frames, mode, repeat, warmup, peak)
+    return build_records(tree, collector.frames, counter, notes, args, kw, target, cast, mode, report_timing)

@@ -1,10 +1,12 @@
 """Borrowing the user's model: run it on another device or dtype, in eval or train mode, and give
 it back exactly as it was.
 
-Nothing is moved: parameters and buffers are substituted for the duration of one call through
-``torch.func.functional_call``, so the model's own tensors never change device, dtype or value.
-Buffers are always substituted by copies, so BatchNorm statistics updated by a train-mode pass land
-in the copies. Training flags are restored in ``finally``.
+Nothing is moved. Where the run needs another device or dtype, parameters and buffers are
+substituted for the duration of a call through ``torch.func.functional_call``, so the model's own
+tensors never change device, dtype or value. Where it does not, the model runs as it is (no
+substitution to pay for) and ``buffers_restored`` puts back any buffer the forward changed, so
+BatchNorm statistics updated by a train-mode pass are undone. Training flags are restored in
+``finally``.
 """
 from __future__ import annotations
 
@@ -13,41 +15,82 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from torch import nn
+
+from inspector.tree import ModelTree
 
 Mode = Literal["eval", "train", "as_is"]
 
 
-def substitute_state(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Tensors to run ``model`` with: parameters on ``device``/``dtype`` (the originals where nothing
-    changes) and copies of every buffer."""
-    state: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
-        cast = dtype if dtype is not None and p.is_floating_point() else None
-        if p.device != device or (cast is not None and p.dtype != cast):
-            state[name] = p.detach().to(device=device, dtype=cast)
-    for name, b in model.named_buffers():
-        cast = dtype if dtype is not None and b.is_floating_point() else None
-        state[name] = b.detach().to(device=device, dtype=cast, copy=True)
+def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Tensors to run ``model`` with on ``device``/``dtype``: every parameter and buffer that is not
+    already there, converted, plus copies of all buffers; empty when nothing needs converting."""
+    def needs(t: torch.Tensor) -> bool:
+        cast = dtype if dtype is not None and t.is_floating_point() else None
+        return t.device != device or (cast is not None and t.dtype != cast)
+
+    def convert(t: torch.Tensor, copy: bool) -> torch.Tensor:
+        cast = dtype if dtype is not None and t.is_floating_point() else None
+        return t.detach().to(device=device, dtype=cast, copy=copy)
+
+    if not any(needs(t) for t in (*(p for _, p in tree.parameters), *(b for _, b in tree.buffers))):
+        return {}
+    state = {name: convert(p, False) for name, p in tree.parameters if needs(p)}
+    state.update((name, convert(b, True)) for name, b in tree.buffers)
     return state
 
 
 @contextmanager
-def training_mode(model: nn.Module, mode: Mode) -> Iterator[None]:
+def buffers_restored(tree: ModelTree) -> Iterator[None]:
+    """Every buffer as it was before the block: values are copied back from a clone taken on entry
+    (kernels such as batch_norm write running statistics without bumping the version counter, so
+    every buffer is restored), and a buffer replaced by another tensor is put back. Buffers are small:
+    BatchNorm statistics, position indices."""
+    saved = []
+    for _, module in tree.modules:
+        for name, buf in module._buffers.items():
+            if buf is None:
+                continue
+            # Inference tensors cannot be written outside inference mode; meta ones hold no values.
+            keep = not buf.is_inference() and buf.device.type != "meta"
+            saved.append((module, name, buf, buf.clone() if keep else None))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, buf, copy in saved:
+                if module._buffers.get(name) is not buf:
+                    module._buffers[name] = buf
+                if copy is not None:
+                    buf.copy_(copy)
+
+
+@contextmanager
+def training_mode(tree: ModelTree, mode: Mode) -> Iterator[None]:
     """Put every module in ``mode`` for the block; restore each module's own flag afterwards."""
     if mode not in ("eval", "train", "as_is"):
         raise ValueError(f"mode must be 'eval', 'train' or 'as_is', got {mode!r}")
-    flags = [(m, m.training) for m in model.modules()]
+    flags = [(m, m.training) for _, m in tree.modules]
+    wanted = mode == "train"
+    changes = mode != "as_is" and any(flag != wanted for _, flag in flags)
     try:
-        if mode != "as_is":
-            model.train(mode == "train")
+        if changes:
+            tree.model.train(wanted)  # train() itself: some modules override it
         yield
     finally:
-        for module, flag in flags:
-            module.training = flag
+        if changes:
+            for module, flag in flags:
+                if module.training != flag:
+                    module.training = flag
 
 
-def call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> object:
+@contextmanager
+def lent(tree: ModelTree, mode: Mode) -> Iterator[None]:
+    """The model in ``mode``, with its training flags and buffers given back afterwards."""
+    with training_mode(tree, mode), buffers_restored(tree):
+        yield
+
+
+def call(model: torch.nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> object:
     """One forward pass of ``model`` with ``state`` substituted (tied weights stay tied)."""
     if not state:
         return model(*args, **kwargs)

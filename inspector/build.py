@@ -1,7 +1,6 @@
 """Turning collected frames into frozen records: parameter attribution, inclusive sums, closed forms."""
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -11,27 +10,22 @@ from inspector.closed_forms import evaluate
 from inspector.collect import Frame, OpCounter
 from inspector.records import LayerRecord, OpStat
 from inspector.report import Report, Timing
+from inspector.tree import ModelTree
 
 
-def packed_weights(module: nn.Module) -> list[torch.Tensor]:
-    """Weights a quantized layer keeps packed (not as Parameters): counted as frozen parameters."""
-    if ".quantized" not in type(module).__module__:
-        return []
-    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-    if not callable(weight):
-        return []
-    tensors = [weight()]
-    if callable(bias) and bias() is not None:
-        tensors.append(bias())
-    return tensors
-
-
-def _named_params(model: nn.Module) -> list[tuple[str, torch.Tensor, bool]]:
-    """(qualified name, tensor, trainable) of every unique parameter, packed quantized weights included."""
-    out = [(name, p, p.requires_grad) for name, p in model.named_parameters()]
-    for mname, module in model.named_modules():
-        out += [(f"{mname}.packed{i}", t, False) for i, t in enumerate(packed_weights(module))]
-    return out
+def subtree_params(tree: ModelTree) -> dict[str, int]:
+    """Unique parameter count of every module's subtree, by qualified name, in one pass."""
+    seen: dict[str, set[int]] = {}
+    counts: dict[str, int] = {}
+    for pname, p, _ in tree.param_paths:
+        prefix = pname
+        while prefix:
+            prefix = prefix.rpartition(".")[0]
+            ids = seen.setdefault(prefix, set())
+            if id(p) not in ids:
+                ids.add(id(p))
+                counts[prefix] = counts.get(prefix, 0) + p.numel()
+    return counts
 
 
 def _nearest_called(name: str, called: dict[str, int]) -> int | None:
@@ -43,17 +37,18 @@ def _nearest_called(name: str, called: dict[str, int]) -> int | None:
         name = name.rpartition(".")[0]
 
 
-def attribute_params(model: nn.Module, frames: list[Frame]) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
+def attribute_params(tree: ModelTree, frames: list[Frame], subtree: dict[str, int]
+                     ) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
     """Each unique parameter goes to the first call of its module, or of its nearest called ancestor.
 
     Returns {frame index: [params, trainable]} and the top-most modules that never ran, with their
-    parameter counts (MultiheadAttention's out_proj, an unused auxiliary head...).
+    parameter counts from ``subtree`` (MultiheadAttention's out_proj, an unused auxiliary head...).
     """
     called: dict[str, int] = {}
     for f in frames:
         called.setdefault(f.name, f.index)
     per_frame: dict[int, list[int]] = {}
-    for pname, p, trainable in _named_params(model):  # a tied tensor comes once
+    for pname, p, trainable in tree.params:  # a tied tensor comes once
         index = _nearest_called(pname.rpartition(".")[0], called)
         if index is None:
             continue
@@ -64,14 +59,14 @@ def attribute_params(model: nn.Module, frames: list[Frame]) -> tuple[dict[int, l
     # as uncalled only when the container's own caller ran.
     live = set(called)
     uncalled = []
-    for name, module in model.named_modules():
+    for name, module in tree.modules:
         parent = name.rpartition(".")[0]
         if not name or name in called or parent not in live:
             continue
         if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
             live.add(name)
         else:
-            uncalled.append((name, _module_params(module)))
+            uncalled.append((name, subtree.get(name, 0)))
     return per_frame, uncalled
 
 
@@ -81,19 +76,15 @@ def _model_name(model: nn.Module) -> str:
     return zoo.built_as(model) or type(model).__name__
 
 
-def _module_params(module: nn.Module) -> int:
-    return sum(p.numel() for _, p, _ in _named_params(module))
-
-
-def _param_totals(model: nn.Module) -> tuple[int, int, int, int, int]:
-    params = _named_params(model)
-    buffers = list(model.buffers())
+def _param_totals(tree: ModelTree) -> tuple[int, int, int, int, int]:
+    params = tree.params
+    buffers = [b for _, b in tree.buffers]
     return (sum(p.numel() for _, p, _ in params), sum(p.numel() for _, p, t in params if t),
             sum(b.numel() for b in buffers), sum(p.numel() * p.element_size() for _, p, _ in params),
             sum(b.numel() * b.element_size() for b in buffers))
 
 
-def build_records(model: nn.Module, frames: list[Frame], counter: OpCounter, notes: list[str], args: tuple,
+def build_records(tree: ModelTree, frames: list[Frame], counter: OpCounter, notes: list[str], args: tuple,
                   kwargs: dict, device: torch.device, dtype: torch.dtype | None, mode: str,
                   timing: Timing | None) -> Report:
     if frames and (counter.outside.macs or counter.outside.ops):
@@ -103,7 +94,9 @@ def build_records(model: nn.Module, frames: list[Frame], counter: OpCounter, not
             stat = root.ops.setdefault(op, [0, 0])
             stat[0] += calls
             stat[1] += macs
-    per_frame, uncalled = attribute_params(model, frames)
+    model = tree.model
+    module_params = subtree_params(tree)
+    per_frame, uncalled = attribute_params(tree, frames, module_params)
     inclusive_macs = [f.macs for f in frames]
     inclusive_params = [per_frame.get(f.index, [0])[0] for f in frames]
     has_children = [False] * len(frames)
@@ -112,13 +105,9 @@ def build_records(model: nn.Module, frames: list[Frame], counter: OpCounter, not
             inclusive_macs[f.parent] += inclusive_macs[f.index]
             inclusive_params[f.parent] += inclusive_params[f.index]
             has_children[f.parent] = True
-    module_params: dict[int, int] = {}
     records = []
     for f in frames:
         form = evaluate(f.module, f.args, f.kwargs, f.outputs)
-        key = id(f.module)
-        if key not in module_params:
-            module_params[key] = _module_params(f.module)
         params, trainable = per_frame.get(f.index, [0, 0])
         records.append(LayerRecord(
             index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
@@ -126,17 +115,17 @@ def build_records(model: nn.Module, frames: list[Frame], counter: OpCounter, not
             output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
             inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive_macs[f.index],
             expected_macs=None if form is None else form.macs,
-            expected_params=None if form is None else form.params, module_params=module_params[key],
+            expected_params=None if form is None else form.params, module_params=module_params.get(f.name, 0),
             ops=tuple(OpStat(op, c, m) for op, (c, m) in f.ops.items()),
             time_ms=None if f.time_s is None else f.time_s * 1e3,
         ))
     records = _with_self_times(records)
-    total, trainable, buf, pbytes, bbytes = _param_totals(model)
+    total, trainable, buf, pbytes, bbytes = _param_totals(tree)
     leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    eff_dtype = dtype or next((p.dtype for p in model.parameters()), torch.float32)
+    eff_dtype = dtype or next((p.dtype for _, p, _ in tree.params), torch.float32)
     if dtype is not None:
-        pbytes = sum(p.numel() * (torch.empty((), dtype=dtype).element_size() if p.is_floating_point()
-                                  else p.element_size()) for p in model.parameters())
+        size = torch.empty((), dtype=dtype).element_size()
+        pbytes = sum(p.numel() * (size if p.is_floating_point() else p.element_size()) for _, p, _ in tree.params)
     return Report(
         model=_model_name(model), layers=tuple(records), total_params=total, trainable_params=trainable,
         buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes,
@@ -160,10 +149,10 @@ def _with_self_times(records: list[LayerRecord]) -> list[LayerRecord]:
     return [replace(r, self_time_ms=max(0.0, (r.time_ms or 0.0) - children_time[r.index])) for r in records]
 
 
-def static_records(model: nn.Module, notes: list[str], device: str, dtype: str, mode: str) -> Report:
+def static_records(tree: ModelTree, notes: list[str], device: str, dtype: str, mode: str) -> Report:
     """A parameters-only report, for a model given without inputs that could not be inferred."""
-    total, trainable, buf, pbytes, bbytes = _param_totals(model)
-    return Report(model=_model_name(model), layers=(), total_params=total, trainable_params=trainable,
+    total, trainable, buf, pbytes, bbytes = _param_totals(tree)
+    return Report(model=_model_name(tree.model), layers=(), total_params=total, trainable_params=trainable,
                   buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes, total_macs=None,
                   input_shapes=(), device=device, dtype=dtype, mode=mode, notes=tuple(notes))
 

@@ -18,30 +18,39 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from inspector.op_formulas import MATMUL_LIKE, OP_FORMULAS
+from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
 
 
-@dataclass(eq=False)
 class Frame:
-    """One module call while it is being collected (mutable; frozen into a LayerRecord later)."""
+    """One module call while it is being collected (mutable; frozen into a LayerRecord later).
 
-    index: int
-    name: str
-    module: nn.Module
-    depth: int
-    parent: int | None
-    call: int
-    args: tuple[Any, ...] = ()  # shapes (see _shape_of), never the tensors themselves
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    input_shapes: tuple[Shape, ...] = ()
-    input_dtypes: tuple[torch.dtype, ...] = ()
-    outputs: tuple[Shape, ...] = ()
-    output_bytes: int = 0
-    macs: int = 0
-    ops: dict[str, list[int]] = field(default_factory=dict)
-    start: float = 0.0
-    time_s: float | None = None
+    ``args``/``kwargs`` hold shapes (see ``_shape_of``), never the tensors themselves. A plain class
+    with slots: one is made per module call, on the hot path."""
+
+    __slots__ = ("index", "name", "module", "depth", "parent", "call", "args", "kwargs", "input_shapes",
+                 "input_dtypes", "input_bytes", "outputs", "output_bytes", "macs", "ops", "start", "time_s")
+
+    def __init__(self, index: int, name: str, module: nn.Module, depth: int, parent: int | None,
+                 call: int) -> None:
+        self.index = index
+        self.name = name
+        self.module = module
+        self.depth = depth
+        self.parent = parent
+        self.call = call
+        self.args: tuple[Any, ...] = ()
+        self.kwargs: dict[str, Any] = {}
+        self.input_shapes: tuple[Shape, ...] = ()
+        self.input_dtypes: tuple[torch.dtype, ...] = ()
+        self.input_bytes = 0
+        self.outputs: tuple[Shape, ...] = ()
+        self.output_bytes = 0
+        self.macs = 0
+        self.ops: dict[str, list[int]] = {}
+        self.start = 0.0
+        self.time_s: float | None = None
 
 
 def _shape_of(value: Any) -> Any:
@@ -75,16 +84,30 @@ def _op_shapes(value: Any) -> Any:
 
 
 class _Live:
-    """Bytes of tensors created during the forward and still alive; shared with weakref finalizers."""
+    """Bytes of tensors created during the forward and still alive.
 
-    __slots__ = ("now", "peak")
+    Each tracked tensor gets a plain weak reference whose callback subtracts its bytes when it dies
+    (``weakref.finalize`` does the same at ten times the cost per tensor)."""
+
+    __slots__ = ("now", "peak", "_refs", "__weakref__")
 
     def __init__(self) -> None:
         self.now = 0
         self.peak = 0
+        self._refs: dict[int, tuple[weakref.ref, int]] = {}
 
-    def free(self, nbytes: int) -> None:
-        self.now -= nbytes
+    def add(self, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        ref = weakref.ref(tensor, self._free)
+        self._refs[id(ref)] = (ref, nbytes)
+        self.now += nbytes
+        if self.now > self.peak:
+            self.peak = self.now
+
+    def _free(self, ref: weakref.ref) -> None:
+        entry = self._refs.pop(id(ref), None)
+        if entry is not None:
+            self.now -= entry[1]
 
 
 @dataclass
@@ -97,6 +120,12 @@ class _OpInfo:
 
 class OpCounter(TorchDispatchMode):
     """Charges every aten op to the innermost module call on ``stack``."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in a dynamo-disabling shim, paid on every aten op;
+        # we never run under torch.compile (compiled models are inspected through their eager module).
+        return False
 
     def __init__(self, stack: list[Frame], track_memory: bool = True) -> None:
         super().__init__()
@@ -117,14 +146,13 @@ class OpCounter(TorchDispatchMode):
         return info
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = func(*args, **kwargs) if kwargs else func(*args)
         info = self._info.get(func) or self._describe(func)
         frame = self.stack[-1] if self.stack else self.outside
         macs = 0
         if info.formula is not None:
             macs = info.formula(*map(_op_shapes, args), out=_out_shapes(out),
-                                **{k: _op_shapes(v) for k, v in kwargs.items()})
+                                **({k: _op_shapes(v) for k, v in kwargs.items()} if kwargs else {}))
             frame.macs += macs
         elif info.suspicious:
             self.uncounted[info.name] = self.uncounted.get(info.name, 0) + 1
@@ -139,14 +167,12 @@ class OpCounter(TorchDispatchMode):
         return out
 
     def _track(self, out: Any) -> None:
-        live = self.live
-        for t in (out,) if isinstance(out, torch.Tensor) else out if isinstance(out, (tuple, list)) else ():
-            if isinstance(t, torch.Tensor):
-                nbytes = t.numel() * t.element_size()
-                live.now += nbytes
-                weakref.finalize(t, live.free, nbytes)
-        if live.now > live.peak:
-            live.peak = live.now
+        if isinstance(out, torch.Tensor):
+            self.live.add(out)
+        elif isinstance(out, (tuple, list)):
+            for t in out:
+                if isinstance(t, torch.Tensor):
+                    self.live.add(t)
 
 
 def _out_shapes(out: Any) -> Any:
@@ -170,30 +196,38 @@ class Collection:
 class Collector:
     """Forward pre/post hooks on every module, pushing and popping frames on a shared stack."""
 
-    def __init__(self, model: nn.Module, timer: Callable[[], float] | None = None) -> None:
-        self.model = model
+    def __init__(self, tree: ModelTree, timer: Callable[[], float] | None = None) -> None:
+        self.tree = tree
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
         self.timer = timer
         self._calls: dict[int, int] = {}
 
     def _pre(self, name: str, depth: int) -> Callable:
+        frames, stack, calls, timer = self.frames, self.stack, self._calls, self.timer
+
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            parent = self.stack[-1].index if self.stack else None
-            call = self._calls.get(id(module), 0)
-            self._calls[id(module)] = call + 1
-            leaves = _tensor_leaves((args, kwargs)) if kwargs or not _all_tensors(args) else args
-            frame = Frame(len(self.frames), name, module, depth, parent, call,
-                          tuple(_shape_of(a) for a in args),
-                          {k: _shape_of(v) for k, v in kwargs.items()} if kwargs else {},
-                          tuple(tuple(t.shape) for t in leaves), tuple(t.dtype for t in leaves))
-            self.frames.append(frame)
-            self.stack.append(frame)
-            if self.timer is not None:
-                frame.start = self.timer()
+            key = id(module)
+            call = calls.get(key, 0)
+            calls[key] = call + 1
+            frame = Frame(len(frames), name, module, depth, stack[-1].index if stack else None, call)
+            if not kwargs and _all_tensors(args):  # the common case: shapes are the arguments' own
+                frame.args = frame.input_shapes = tuple(a.shape for a in args)
+                leaves = args
+            else:
+                leaves = _tensor_leaves((args, kwargs))
+                frame.args = tuple(_shape_of(a) for a in args)
+                frame.kwargs = {k: _shape_of(v) for k, v in kwargs.items()}
+                frame.input_shapes = tuple(t.shape for t in leaves)
+            frame.input_dtypes = tuple(t.dtype for t in leaves)
+            frame.input_bytes = sum(t.numel() * t.element_size() for t in leaves)
+            frames.append(frame)
+            stack.append(frame)
+            if timer is not None:
+                frame.start = timer()
         return hook
 
-    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
         end = self.timer() if self.timer is not None else 0.0
         stack = self.stack
         while stack:  # a child whose exception the parent caught never popped itself
@@ -202,9 +236,13 @@ class Collector:
                 break
         else:
             return
-        leaves = _tensor_leaves(output)
-        frame.outputs = tuple(tuple(t.shape) for t in leaves)
-        frame.output_bytes = sum(t.numel() * t.element_size() for t in leaves)
+        if isinstance(output, torch.Tensor):
+            frame.outputs = (output.shape,)
+            frame.output_bytes = output.numel() * output.element_size()
+        else:
+            leaves = _tensor_leaves(output)
+            frame.outputs = tuple(t.shape for t in leaves)
+            frame.output_bytes = sum(t.numel() * t.element_size() for t in leaves)
         if self.timer is not None:
             frame.time_s = end - frame.start
 
@@ -213,10 +251,10 @@ class Collector:
         """Attach the hooks; they are removed on exit, also when the forward raised."""
         handles = []
         try:
-            for name, module in self.model.named_modules():
+            for name, module in self.tree.modules:
                 depth = name.count(".") + 1 if name else 0
                 handles.append(module.register_forward_pre_hook(self._pre(name, depth), with_kwargs=True))
-                handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+                handles.append(module.register_forward_hook(self._post))
             yield
         finally:
             for handle in handles:

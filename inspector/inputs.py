@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from inspector.errors import InputError
+from inspector.tree import ModelTree
 
 _FIRST_LAYER_SIZES: dict[type, tuple[int, ...]] = {
     nn.Conv1d: (1, -1, 224), nn.Conv2d: (1, -1, 224, 224), nn.Conv3d: (1, -1, 16, 112, 112),
@@ -99,9 +100,9 @@ def resolve(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None,
     return args, kwargs, [note]
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(tree: ModelTree) -> torch.device:
     """Where the model's parameters and buffers are; an error if they are split across devices."""
-    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    devices = tree.devices()
     if len(devices) > 1:
         listed = ", ".join(sorted(str(d) for d in devices))
         raise InputError(f"the model's tensors are on several devices ({listed}); pass device=... to "

@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from inspector import borrow
 from inspector.collect import Collector, Frame
 from inspector.report import Timing
+from inspector.tree import ModelTree
 
 
 def _clock(device: torch.device) -> Callable[[], float]:
@@ -23,7 +23,7 @@ def _clock(device: torch.device) -> Callable[[], float]:
     return time.perf_counter
 
 
-def time_layers(model: nn.Module, state: dict, args: tuple, kwargs: dict, frames: list[Frame], mode: borrow.Mode,
+def time_layers(tree: ModelTree, state: dict, args: tuple, kwargs: dict, frames: list[Frame], mode: borrow.Mode,
                 repeat: int, warmup: int, peak: tuple[float, float] | None) -> Timing:
     """Median per-call times over ``repeat`` hooked forwards (after ``warmup``), written onto ``frames``;
     plus the median of plain forwards, so that the distortion hooks add is visible."""
@@ -33,7 +33,8 @@ def time_layers(model: nn.Module, state: dict, args: tuple, kwargs: dict, frames
     clock = _clock(device)
     per_call: list[list[float]] = [[] for _ in frames]
     plain: list[float] = []
-    with borrow.training_mode(model, mode), torch.no_grad():
+    model = tree.model
+    with borrow.lent(tree, mode), torch.no_grad():
         for i in range(warmup + repeat):
             start = clock()
             borrow.call(model, state, args, kwargs)
@@ -41,7 +42,7 @@ def time_layers(model: nn.Module, state: dict, args: tuple, kwargs: dict, frames
                 plain.append(clock() - start)
         hooked: list[float] = []
         for i in range(warmup + repeat):
-            collector = Collector(model, timer=clock)
+            collector = Collector(tree, timer=clock)
             with collector.hooks():
                 start = clock()
                 borrow.call(model, state, args, kwargs)
