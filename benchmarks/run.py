@@ -3,27 +3,37 @@
     .venv/bin/pip install thop ptflops torchinfo fvcore   # peers: benchmark-only, never project deps
     .venv/bin/python benchmarks/run.py [--repeat 3] [--out benchmarks/RESULTS.md]
 
-Per tool and model: median time of one counting call / median plain no_grad forward (same process),
-and the MACs deviation from torchvision's published _ops. Peers that are not installed are skipped.
+Per tool and model: median time of one counting call / median plain no_grad forward (same process,
+interleaved rounds), and the MACs deviation from torchvision's published _ops. Also the floor any
+hook + dispatch-mode counter pays, a cProfile of inspect(), the meta-device targets and the measured
+device peak. Peers that are not installed are skipped.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import platform
+import pstats
 import statistics
+import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 from inspector import inspect  # noqa: E402
 from inspector.render import tabulate  # noqa: E402
+from inspector.timing import measure_peak  # noqa: E402
 from models import zoo  # noqa: E402
 
 MODELS = ["resnet50", "vit_b_16", "efficientnet_b0", "convnext_tiny", "swin_t", "mobilenet_v3_large",
@@ -74,13 +84,47 @@ TOOLS: dict[str, Callable] = {"inspector": _ours, "FlopCounterMode": _flop_count
                               "torchinfo": _torchinfo, "fvcore": _fvcore, "thop": _thop}
 
 
-def _median_time(fn: Callable, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+class _NoopMode(TorchDispatchMode):
+    """A dispatch mode that only forwards each op: the least any op-level counter pays."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _noop_hooks(model):
+    handles = []
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(lambda *a, **k: None, with_kwargs=True))
+        handles.append(module.register_forward_hook(lambda *a: None))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _floor_mode(model, x):
+    with _NoopMode(), torch.no_grad():
+        model(x)
+
+
+def _floor_hooks(model, x):
+    with _noop_hooks(model), torch.no_grad():
+        model(x)
+
+
+def _floor_both(model, x):
+    with _noop_hooks(model), _NoopMode(), torch.no_grad():
+        model(x)
+
+
+FLOORS: dict[str, Callable] = {"noop hooks": _floor_hooks, "noop dispatch mode": _floor_mode,
+                               "both (floor)": _floor_both}
 
 
 def _available(name: str) -> bool:
@@ -94,52 +138,144 @@ def _available(name: str) -> bool:
         return False
 
 
+def _interleaved(model, x, fns: dict[str, Callable], repeat: int) -> dict[str, float]:
+    """Median seconds per function, measured in rounds (plain forward, then each function once), so
+    that drift of a shared, noisy machine hits every column alike."""
+    times: dict[str, list[float]] = {"forward": [], **{k: [] for k in fns}}
+    with torch.no_grad():
+        model(x)
+    for name, fn in fns.items():  # warm-up, and a tool failing here is a result, not a crash
+        try:
+            fn(model, x)
+        except Exception as exc:
+            times[name] = exc  # type: ignore[assignment]
+    for _ in range(repeat):
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(x)
+            times["forward"].append(time.perf_counter() - start)
+        for name, fn in fns.items():
+            if isinstance(times[name], Exception):
+                continue
+            start = time.perf_counter()
+            fn(model, x)
+            times[name].append(time.perf_counter() - start)
+    return {k: v if isinstance(v, Exception) else statistics.median(v) for k, v in times.items()}
+
+
+_MEMORY_PROBE = """
+import sys, time, tracemalloc
+sys.path.insert(0, {root!r})
+from inspector import inspect
+from models import zoo
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS mark: import-time peaks are not ours
+base = rss("VmRSS:")
+tracemalloc.start()
+start = time.perf_counter()
+report = inspect(zoo.torchvision_model("vit_h_14", device="meta"))
+seconds = time.perf_counter() - start
+python_peak = tracemalloc.get_traced_memory()[1]
+print(seconds, rss("VmHWM:") - base, python_peak, report.total_params)
+"""
+
+
+def _vit_h_on_meta() -> tuple[float, int, int, int]:
+    """vit_h_14 built and inspected on meta in a fresh process: seconds (under tracemalloc), peak RSS
+    over the RSS after imports, peak Python allocations (bytes), and its parameter count."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE.format(root=str(ROOT))], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2]), int(out[3])
+
+
+def _profile(name: str, top: int = 12) -> str:
+    """cProfile of one inspect() call: where the counting overhead goes, by own time."""
+    model = zoo.torchvision_model(name)
+    (x,) = zoo.example_inputs(name)
+    inspect(model, x)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(5):
+        inspect(model, x)
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+    text = stream.getvalue()
+    return text[text.index("ncalls"):].replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "").rstrip()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = p.parse_args()
     tools = [t for t in TOOLS if _available(t)]
-    ratio_rows, dev_rows = [], []
+    ratio_rows, dev_rows, floor_rows = [], [], []
     for name in args.models:
         model = zoo.torchvision_model(name)
         (x,) = zoo.example_inputs(name)
-        with torch.no_grad():
-            model(x)
-            forward = _median_time(lambda: model(x), args.repeat)
-        ratios, devs = [name, f"{forward * 1e3:.1f}"], [name, f"{zoo.entry(name).gmacs:.3f}"]
+        published = zoo.entry(name).gmacs
+        fns = {**{t: TOOLS[t] for t in tools}, **FLOORS}
+        times = _interleaved(model, x, fns, args.repeat)
+        forward = times["forward"]
+
+        def ratio(key: str) -> str:
+            return "fails" if isinstance(times[key], Exception) else f"{times[key] / forward:.2f}"
+
+        ratio_rows.append([name, f"{forward * 1e3:.1f}", *(ratio(t) for t in tools)])
+        devs = [name, f"{published:.3f}"]
         for tool in tools:
             try:
-                macs = TOOLS[tool](model, x)
-                t = _median_time(lambda: TOOLS[tool](model, x), args.repeat)
-                ratios.append(f"{t / forward:.2f}")
-                devs.append(f"{100 * (macs / 1e9 / zoo.entry(name).gmacs - 1):+.1f}%")
+                devs.append(f"{100 * (TOOLS[tool](model, x) / 1e9 / published - 1):+.1f}%")
             except Exception as exc:  # a peer failing on a model is a result, not a crash
-                ratios.append("fails")
                 devs.append(type(exc).__name__)
-        ratio_rows.append(ratios)
         dev_rows.append(devs)
-        print(name, ratios[1:], devs[1:], flush=True)
+        floor = times["both (floor)"]
+        ours = times["inspector"]
+        floor_rows.append([name, *(ratio(k) for k in FLOORS), ratio("inspector"),
+                           f"{(floor - forward) * 1e3:.1f}", f"{(ours - floor) * 1e3:.1f}"])
+        print(name, ratio_rows[-1][1:], devs[1:], floor_rows[-1][1:], flush=True)
     meta_start = time.perf_counter()
     for name in zoo.list_names("classification"):
         inspect(zoo.torchvision_model(name, device="meta"))
     meta_all = time.perf_counter() - meta_start
     vit_start = time.perf_counter()
     inspect(zoo.torchvision_model("vit_h_14", device="meta"))
-    vit_h = time.perf_counter() - vit_start
+    vit_s = time.perf_counter() - vit_start
+    _, vit_growth, vit_python, vit_params = _vit_h_on_meta()
+    peak_gflops, peak_gbytes = measure_peak("cpu")
+    profile = _profile("mobilenet_v3_large")
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
                f"{torch.__version__}, Python {platform.python_version()}")
     text = "\n".join([
         "# Benchmarks", "",
-        f"Machine: {machine}. Command: `{' '.join(['python', *sys.argv])}` (median of {args.repeat}).", "",
-        "## Time of one counting call / one plain `no_grad` forward (CPU, batch 1, published input size)", "",
+        f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s (1024² fp32 matmul), "
+        f"{peak_gbytes:,.1f} GB/s (128 MiB copy).",
+        f"Command: `{' '.join(['python', *sys.argv])}`. Times are medians of {args.repeat} interleaved rounds "
+        "(plain forward, then every tool once), CPU, batch 1, published input size.", "",
+        "## Time of one counting call / one plain `no_grad` forward", "",
         tabulate(ratio_rows, ["model", "forward ms", *tools], "github"), "",
         "## MACs deviation from torchvision's published `_ops`", "",
         tabulate(dev_rows, ["model", "published GMACs", *tools], "github"), "",
+        "## Where inspector's time goes: the floor of any hook + dispatch-mode counter", "",
+        "Ratios to the plain forward of: no-op forward hooks on every module; a dispatch mode that only "
+        "forwards each aten op; both together (the least a per-layer, per-op counter can cost); inspector. "
+        "Then the floor's cost over the forward, and inspector's own cost over the floor, in ms.", "",
+        tabulate(floor_rows, ["model", *FLOORS, "inspector", "floor − forward ms", "inspector − floor ms"],
+                 "github"), "",
+        "cProfile of 5 `inspect()` calls on mobilenet_v3_large, by own time:", "",
+        "```", profile, "```", "",
         "## Meta device", "",
         f"- all 80 classification models, build + inspect: {meta_all:.1f} s",
-        f"- vit_h_14 (632 M parameters), build + inspect: {vit_h:.2f} s", "",
+        f"- vit_h_14 ({vit_params / 1e6:.0f} M parameters), build + inspect: {vit_s:.2f} s. In a fresh "
+        f"process, peak RSS rose {vit_growth / 2**20:.0f} MiB above the RSS after imports (peak reset "
+        f"through /proc/self/clear_refs); peak Python allocations (tracemalloc) {vit_python / 2**20:.1f} MiB", "",
     ])
     Path(args.out).write_text(text)
     print(text)

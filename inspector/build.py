@@ -1,6 +1,7 @@
 """Turning collected frames into frozen records: parameter attribution, inclusive sums, closed forms."""
 from __future__ import annotations
 
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -13,18 +14,33 @@ from inspector.report import Report, Timing
 from inspector.tree import ModelTree
 
 
-def subtree_params(tree: ModelTree) -> dict[str, int]:
-    """Unique parameter count of every module's subtree, by qualified name, in one pass."""
+def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[str, tuple[int, int]]:
+    """(unique parameter count, bytes) of every module's subtree, by qualified name, in one pass;
+    floating parameters are sized in ``dtype`` when one is given (the dtype the pass ran in)."""
+    cast_size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+    counts: dict[str, tuple[int, int]] = {}
+    if not tree.has_tied_params:  # each tensor has one name: add it to every ancestor, no sets needed
+        for pname, p, _ in tree.params:
+            numel = p.numel()
+            nbytes = numel * (cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
+            prefix = pname
+            while prefix:
+                prefix = prefix.rpartition(".")[0]
+                n, b = counts.get(prefix, (0, 0))
+                counts[prefix] = (n + numel, b + nbytes)
+        return counts
     seen: dict[str, set[int]] = {}
-    counts: dict[str, int] = {}
     for pname, p, _ in tree.param_paths:
+        numel = p.numel()
+        nbytes = numel * (cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
         prefix = pname
         while prefix:
             prefix = prefix.rpartition(".")[0]
             ids = seen.setdefault(prefix, set())
             if id(p) not in ids:
                 ids.add(id(p))
-                counts[prefix] = counts.get(prefix, 0) + p.numel()
+                n, b = counts.get(prefix, (0, 0))
+                counts[prefix] = (n + numel, b + nbytes)
     return counts
 
 
@@ -37,7 +53,7 @@ def _nearest_called(name: str, called: dict[str, int]) -> int | None:
         name = name.rpartition(".")[0]
 
 
-def attribute_params(tree: ModelTree, frames: list[Frame], subtree: dict[str, int]
+def attribute_params(tree: ModelTree, frames: list[Frame], subtree: dict[str, tuple[int, int]]
                      ) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
     """Each unique parameter goes to the first call of its module, or of its nearest called ancestor.
 
@@ -66,7 +82,7 @@ def attribute_params(tree: ModelTree, frames: list[Frame], subtree: dict[str, in
         if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
             live.add(name)
         else:
-            uncalled.append((name, subtree.get(name, 0)))
+            uncalled.append((name, subtree.get(name, (0, 0))[0]))
     return per_frame, uncalled
 
 
@@ -95,7 +111,7 @@ def build_records(tree: ModelTree, frames: list[Frame], counter: OpCounter, note
             stat[0] += calls
             stat[1] += macs
     model = tree.model
-    module_params = subtree_params(tree)
+    module_params = subtree_params(tree, dtype)
     per_frame, uncalled = attribute_params(tree, frames, module_params)
     inclusive_macs = [f.macs for f in frames]
     inclusive_params = [per_frame.get(f.index, [0])[0] for f in frames]
@@ -115,11 +131,14 @@ def build_records(tree: ModelTree, frames: list[Frame], counter: OpCounter, note
             output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
             inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive_macs[f.index],
             expected_macs=None if form is None else form.macs,
-            expected_params=None if form is None else form.params, module_params=module_params.get(f.name, 0),
+            expected_params=None if form is None else form.params, module_params=module_params.get(f.name, (0, 0))[0],
             ops=tuple(OpStat(op, c, m) for op, (c, m) in f.ops.items()),
+            input_bytes=f.input_bytes, param_bytes=module_params.get(f.name, (0, 0))[1],
             time_ms=None if f.time_s is None else f.time_s * 1e3,
         ))
     records = _with_self_times(records)
+    if timing is not None:
+        timing = replace(timing, layer_sum_ms=sum(r.self_time_ms or 0.0 for r in records))
     total, trainable, buf, pbytes, bbytes = _param_totals(tree)
     leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     eff_dtype = dtype or next((p.dtype for _, p, _ in tree.params), torch.float32)
@@ -144,8 +163,6 @@ def _with_self_times(records: list[LayerRecord]) -> list[LayerRecord]:
     for r in records:
         if r.parent is not None and r.time_ms is not None:
             children_time[r.parent] += r.time_ms
-    from dataclasses import replace
-
     return [replace(r, self_time_ms=max(0.0, (r.time_ms or 0.0) - children_time[r.index])) for r in records]
 
 

@@ -22,6 +22,17 @@ def _size(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--input-size wants integers like 1,3,224,224, got {text!r}") from None
 
 
+def _peak(text: str) -> tuple[float, float] | str | None:
+    if text in ("measure", "none"):
+        return None if text == "none" else text
+    try:
+        gflops, gbytes = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--peak wants GFLOPS,GBPS (like 350,40), 'measure' or 'none', "
+                                         f"got {text!r}") from None
+    return gflops, gbytes
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from inspector import inspect
     from models import zoo
@@ -29,7 +40,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     device = args.device or "cpu"
     model = zoo.torchvision_model(args.model, device="cpu" if zoo.entry(args.model).family == "quantization" else device)
     inputs = None if args.input_size else zoo.example_inputs(args.model, device)
-    report = inspect(model, inputs, input_size=args.input_size, device=device, timing=args.timing)
+    report = inspect(model, inputs, input_size=args.input_size, device=device, dtype=args.dtype,
+                     timing=args.timing, peak=args.peak)
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=1))
     elif args.format == "csv":
@@ -127,7 +139,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--input-size", type=_size)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or meta")
     s.add_argument("--depth", type=int, default=None)
-    s.add_argument("--timing", action="store_true", help="per-layer forward times")
+    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default=None)
+    s.add_argument("--timing", action="store_true", help="per-layer forward times, GFLOP/s and roofline")
+    s.add_argument("--peak", type=_peak, default="measure",
+                   help="device peak for the roofline: GFLOPS,GBPS, 'measure' (default) or 'none'")
     s.add_argument("--format", choices=FORMATS, default="table")
     s.set_defaults(run=cmd_summary)
     c = sub.add_parser("compare", help="several models side by side")

@@ -45,6 +45,8 @@ class LayerRecord:
     expected_params: int | None
     module_params: int
     ops: tuple[OpStat, ...]
+    input_bytes: int = 0
+    param_bytes: int = 0  # the module's parameters (its whole subtree), in the dtype the pass ran in
     time_ms: float | None = None
     self_time_ms: float | None = None
 
@@ -57,6 +59,31 @@ class LayerRecord:
         return 2 * self.inclusive_macs
 
     @property
+    def bytes_moved(self) -> int:
+        """Least memory traffic of the call: read its inputs and parameters once, write its outputs."""
+        return self.input_bytes + self.param_bytes + self.output_bytes
+
+    @property
+    def arithmetic_intensity(self) -> float | None:
+        """FLOPs (inclusive, 2 x MACs) per byte moved; None when nothing is moved."""
+        return self.inclusive_flops / self.bytes_moved if self.bytes_moved else None
+
+    @property
+    def achieved_gflops(self) -> float | None:
+        """Inclusive FLOPs / the call's measured time, in GFLOP/s; None without timing."""
+        if not self.time_ms:
+            return None
+        return self.inclusive_flops / (self.time_ms * 1e-3) / 1e9
+
+    def bound(self, peak_gflops: float, peak_gbytes_per_s: float) -> str | None:
+        """Roofline verdict: "compute" when the intensity is at or above the ridge point
+        (peak FLOP/s / peak bytes/s), "memory" below it; None when nothing is moved."""
+        intensity = self.arithmetic_intensity
+        if intensity is None:
+            return None
+        return "compute" if intensity >= peak_gflops / peak_gbytes_per_s else "memory"
+
+    @property
     def label(self) -> str:
         """Qualified name, with the call number when the module ran more than once."""
         base = self.name or "(model)"
@@ -66,6 +93,9 @@ class LayerRecord:
         out = asdict(self)
         out["flops"] = self.flops
         out["inclusive_flops"] = self.inclusive_flops
+        out["bytes_moved"] = self.bytes_moved
+        out["arithmetic_intensity"] = self.arithmetic_intensity
+        out["achieved_gflops"] = self.achieved_gflops
         out["input_shapes"] = [list(s) for s in self.input_shapes]
         out["output_shapes"] = [list(s) for s in self.output_shapes]
         return out

@@ -20,6 +20,7 @@ class Registry(Generic[K, F]):
     def __init__(self, what: str) -> None:
         self.what = what
         self._table: dict[K, F] = {}
+        self._by_type: dict[type, F | None] = {}  # lookup_type's answers; cleared on register
 
     def register(self, *keys: K) -> Callable[[F], F]:
         def bind(fn: F) -> F:
@@ -27,6 +28,7 @@ class Registry(Generic[K, F]):
                 if key in self._table:
                     raise RegistryError(f"{self.what}: {key!r} is already registered")
                 self._table[key] = fn
+            self._by_type.clear()
             return fn
         return bind
 
@@ -35,11 +37,11 @@ class Registry(Generic[K, F]):
 
     def lookup_type(self, cls: type) -> F | None:
         """The function registered for ``cls`` or its nearest registered base class."""
-        for base in cls.__mro__:
-            fn = self._table.get(base)  # type: ignore[call-overload]
-            if fn is not None:
-                return fn
-        return None
+        if cls in self._by_type:
+            return self._by_type[cls]
+        found = next((self._table[b] for b in cls.__mro__ if b in self._table), None)  # type: ignore[index]
+        self._by_type[cls] = found
+        return found
 
     def __contains__(self, key: object) -> bool:
         return key in self._table

@@ -78,9 +78,10 @@ def visible_totals(layers: Sequence[LayerRecord], depth: int | None) -> dict[int
 def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple",
                   timing: bool | None = None) -> str:
     with_time = report.timing is not None if timing is None else timing
+    ridge = report.timing.ridge if with_time and report.timing is not None else None
     headers = ["Layer", "Type", "Output shape", "Params", "MACs"]
     if with_time:
-        headers += ["Time ms", "Time %"]
+        headers += ["Time ms", "Time %", "GFLOP/s", "FLOP/B"] + (["Bound"] if ridge else [])
     rows: list[list[Any]] = []
     if report.ran:
         totals = visible_totals(report.layers, depth)
@@ -93,14 +94,46 @@ def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple
             if with_time:
                 row += ["-" if t is None else f"{t:.3f}",
                         "-" if t is None or not total_time else f"{100 * t / total_time:.1f}"]
+                row += _roofline_cells(r, r.is_leaf or r.depth == depth, ridge)
             rows.append(row)
     total_row = ["Total", "", "", f"{report.total_params:,}",
                  "-" if report.total_macs is None else f"{report.total_macs:,}"]
     if with_time:
-        total_row += [f"{report.timing.layer_sum_ms:.3f}" if report.timing else "-", ""]
+        total_row += [f"{report.timing.layer_sum_ms:.3f}" if report.timing else "-", "", "", ""]
+        total_row += [""] if ridge else []
     rows.append(total_row)
-    align = ["left", "left", "left", "right", "right"] + (["right", "right"] if with_time else [])
+    align = ["left", "left", "left", "right", "right"]
+    if with_time:
+        align += ["right"] * 4 + (["left"] if ridge else [])
     return "\n".join([tabulate(rows, headers, tablefmt, align), *footer(report)])
+
+
+def _roofline_cells(r: LayerRecord, whole_call: bool, ridge: float | None) -> list[str]:
+    """Achieved GFLOP/s, intensity and bound, for rows whose time is the call's whole time (leaves,
+    and rows standing for a folded subtree); "-" on rows that show a parent's self-time."""
+    if not whole_call or r.time_ms is None:
+        return ["-", "-"] + (["-"] if ridge else [])
+    gflops, intensity = r.achieved_gflops, r.arithmetic_intensity
+    cells = [f"{gflops:.1f}" if gflops is not None else "-", f"{intensity:.1f}" if intensity is not None else "-"]
+    if ridge:
+        cells.append("-" if intensity is None else ("compute" if intensity >= ridge else "memory"))
+    return cells
+
+
+def _roofline_summary(report: Any) -> str:
+    t = report.timing
+    rows = report.roofline()
+    time_by = {"compute": 0.0, "memory": 0.0}
+    count = {"compute": 0, "memory": 0}
+    for row in rows:
+        if row["bound"] in time_by:
+            time_by[row["bound"]] += row["time_ms"]
+            count[row["bound"]] += 1
+    total = sum(time_by.values()) or 1.0
+    return (f"Roofline ({t.peak_source} peak {t.peak_gflops:,.1f} GFLOP/s, {t.peak_gbytes_per_s:,.1f} GB/s; ridge "
+            f"{t.ridge:.1f} FLOP/B): {count['compute']} leaf calls compute-bound "
+            f"({100 * time_by['compute'] / total:.0f}% of leaf time), {count['memory']} memory-bound "
+            f"({100 * time_by['memory'] / total:.0f}%)")
 
 
 def footer(report: Any) -> list[str]:
@@ -119,6 +152,8 @@ def footer(report: Any) -> list[str]:
         t = report.timing
         lines.append(f"Timing ({t.device}, median of {t.repeat}): forward {t.forward_ms:.3f} ms, hooked "
                      f"{t.hooked_forward_ms:.3f} ms, sum of layer self-times {t.layer_sum_ms:.3f} ms")
+        if t.ridge:
+            lines.append(_roofline_summary(report))
     if report.uncalled:
         listed = ", ".join(f"{n} ({p:,} params)" for n, p in report.uncalled[:6])
         more = f" and {len(report.uncalled) - 6} more" if len(report.uncalled) > 6 else ""

@@ -36,9 +36,17 @@ class Timing:
     warmup: int
     forward_ms: float          # median of plain forwards, no hooks
     hooked_forward_ms: float   # median of the timed (hooked) forwards
-    layer_sum_ms: float        # sum of leaf self-times
+    layer_sum_ms: float        # sum of every call's self-time (its time minus its children's)
     peak_gflops: float | None = None
     peak_gbytes_per_s: float | None = None
+    peak_source: str | None = None  # "given" or "measured" (see timing.measure_peak)
+
+    @property
+    def ridge(self) -> float | None:
+        """Arithmetic intensity (FLOP/byte) where the roofline turns from memory- to compute-bound."""
+        if not self.peak_gflops or not self.peak_gbytes_per_s:
+            return None
+        return self.peak_gflops / self.peak_gbytes_per_s
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,26 @@ class Report:
                 mismatches.append(Mismatch(r.label, r.type, "params", r.module_params, r.expected_params))
         return CrossCheck(mismatches, checked)
 
+    def roofline(self) -> list[dict[str, Any]]:
+        """Per leaf call: FLOPs, bytes moved, intensity, time, achieved GFLOP/s and, with a peak, the
+        bound and the share of the attainable roof reached. Empty without timing."""
+        t = self.timing
+        if t is None:
+            return []
+        rows = []
+        for r in self.layers:
+            if not r.is_leaf or r.time_ms is None:
+                continue
+            row: dict[str, Any] = {"layer": r.label, "type": r.type, "flops": r.inclusive_flops,
+                                   "bytes": r.bytes_moved, "intensity": r.arithmetic_intensity,
+                                   "time_ms": r.time_ms, "gflops": r.achieved_gflops, "bound": None,
+                                   "roof_gflops": None}
+            if t.peak_gflops and t.peak_gbytes_per_s and r.arithmetic_intensity is not None:
+                row["bound"] = r.bound(t.peak_gflops, t.peak_gbytes_per_s)
+                row["roof_gflops"] = min(t.peak_gflops, r.arithmetic_intensity * t.peak_gbytes_per_s)
+            rows.append(row)
+        return rows
+
     def table(self, depth: int | None = None, tablefmt: str = "simple", timing: bool | None = None) -> str:
         from inspector.render import render_report
 
@@ -134,5 +162,5 @@ class Report:
             "uncounted_ops": dict(self.uncounted_ops),
             "uncalled_modules": [{"name": n, "params": p} for n, p in self.uncalled],
             "notes": list(self.notes),
-            "timing": None if self.timing is None else vars(self.timing).copy(),
+            "timing": None if self.timing is None else {**vars(self.timing), "ridge": self.timing.ridge},
         }

@@ -50,17 +50,18 @@ class ModelTree:
     @cached_property
     def params(self) -> list[NamedParam]:
         """Unique parameters (a tied tensor once, under its first name), then packed quantized weights."""
-        return self._params(self.modules, unique=True)
+        return [(name, p, p.requires_grad) for name, p in self.parameters] + self._packed
 
     @cached_property
     def parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The ``nn.Parameter``s alone, as ``named_parameters()`` gives them (no packed weights)."""
-        return [(name, p) for name, p, _ in self._params(self.modules, unique=True, packed=False)]
+        return self._parameters(self.modules, unique=True)
 
     @cached_property
     def param_paths(self) -> list[NamedParam]:
-        """Every parameter under every name it has (tied tensors repeated)."""
-        return self._params(self.paths, unique=False)
+        """Every parameter under every name it has (tied tensors repeated), packed weights last."""
+        regular = self._parameters(self.paths, unique=False)
+        return [(name, p, p.requires_grad) for name, p in regular] + self._packed
 
     @cached_property
     def buffers(self) -> list[tuple[str, torch.Tensor]]:
@@ -74,18 +75,28 @@ class ModelTree:
                     out.append((_join(prefix, name), b))
         return out
 
+    @cached_property
+    def has_tied_params(self) -> bool:
+        """Whether some parameter is reachable under two names (tied weights or a shared module)."""
+        return len(self.param_paths) != len(self.params)
+
+    @cached_property
+    def _packed(self) -> list[NamedParam]:
+        if not any(".quantized" in type(m).__module__ for _, m in self.modules):
+            return []
+        return [(_join(prefix, f"packed{i}"), t, False)
+                for prefix, module in self.modules for i, t in enumerate(packed_weights(module))]
+
     @staticmethod
-    def _params(modules: list[tuple[str, nn.Module]], unique: bool, packed: bool = True) -> list[NamedParam]:
+    def _parameters(modules: list[tuple[str, nn.Module]], unique: bool) -> list[tuple[str, nn.Parameter]]:
         seen: set[int] = set()
-        out: list[NamedParam] = []
+        out = []
         for prefix, module in modules:
             for name, p in module._parameters.items():
                 if p is None or (unique and id(p) in seen):
                     continue
                 seen.add(id(p))
-                out.append((_join(prefix, name), p, p.requires_grad))
-        for prefix, module in modules if packed else ():
-            out += [(_join(prefix, f"packed{i}"), t, False) for i, t in enumerate(packed_weights(module))]
+                out.append((_join(prefix, name), p))
         return out
 
     def devices(self) -> set[torch.device]:

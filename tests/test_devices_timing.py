@@ -38,3 +38,60 @@ def test_cuda_counts_equal_cpu_and_model_stays_on_cpu():
     assert (gpu.total_macs, gpu.total_params) == (cpu.total_macs, cpu.total_params)
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert gpu.timing.device.startswith("cuda")
+
+
+def test_timing_self_times_sum_to_layer_sum():
+    model = torchvision.models.resnet18(weights=None)
+    r = inspect(model, torch.randn(1, 3, 64, 64), timing=True, repeat=3, warmup=1, peak=None)
+    assert r.timing.layer_sum_ms == pytest.approx(sum(rec.self_time_ms for rec in r.layers))
+    for rec in r.layers:  # a parent's self-time is its time minus its children's, never negative
+        children = sum(c.time_ms for c in r.layers if c.parent == rec.index)
+        assert rec.self_time_ms == pytest.approx(max(0.0, rec.time_ms - children))
+
+
+def test_roofline_figures_by_hand():
+    """Linear(1024 -> 1024) on 64 rows: FLOPs 2*64*1024*1024; bytes: input 64*1024, weights
+    1024*1024 + bias 1024, output 64*1024, all float32. ReLU moves 2 * 64*1024*4 bytes, no FLOPs."""
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU())
+    r = inspect(model, torch.randn(64, 1024), timing=True, repeat=3, warmup=1, peak=(100.0, 10.0))
+    linear, relu = r.layer("0"), r.layer("1")
+    assert linear.inclusive_flops == 2 * 64 * 1024 * 1024
+    assert linear.bytes_moved == 4 * (64 * 1024 + 1024 * 1024 + 1024 + 64 * 1024)
+    assert linear.arithmetic_intensity == pytest.approx(2 * 64 * 1024 * 1024 / linear.bytes_moved)
+    assert linear.achieved_gflops == pytest.approx(linear.inclusive_flops / (linear.time_ms * 1e-3) / 1e9)
+    assert relu.bytes_moved == 2 * 64 * 1024 * 4 and relu.arithmetic_intensity == 0
+    # ridge = 100 / 10 = 10 FLOP/B: the linear (about 29 FLOP/B) is compute-bound, the ReLU memory-bound
+    assert r.timing.ridge == 10.0 and r.timing.peak_source == "given"
+    assert (linear.bound(100, 10), relu.bound(100, 10)) == ("compute", "memory")
+    rows = {row["layer"]: row for row in r.roofline()}
+    assert rows["0"]["roof_gflops"] == 100.0
+    assert rows["1"]["roof_gflops"] == 0.0 and rows["1"]["bound"] == "memory"
+    table = r.table()
+    assert "Bound" in table and "compute" in table and "ridge 10.0 FLOP/B" in table
+    assert r.to_dict()["timing"]["ridge"] == 10.0
+
+
+def test_roofline_bytes_follow_the_dtype():
+    model = torch.nn.Linear(256, 256)
+    r32 = inspect(model, torch.randn(8, 256), timing=True, repeat=2, warmup=1, peak=None)
+    r16 = inspect(model, torch.randn(8, 256), dtype="bfloat16", timing=True, repeat=2, warmup=1, peak=None)
+    assert r16.layers[0].bytes_moved * 2 == r32.layers[0].bytes_moved
+    assert r32.timing.ridge is None and "Bound" not in r32.table()
+
+
+def test_measured_peak_is_positive_and_cached():
+    from inspector.timing import measure_peak
+
+    gflops, gbytes = measure_peak("cpu")
+    assert gflops > 1 and gbytes > 0.5
+    assert measure_peak("cpu") == (gflops, gbytes)  # measured once per process
+    r = inspect(torch.nn.Linear(64, 64), torch.randn(4, 64), timing=True, repeat=2, warmup=1)
+    assert (r.timing.peak_gflops, r.timing.peak_gbytes_per_s, r.timing.peak_source) == (gflops, gbytes, "measured")
+
+
+@pytest.mark.parametrize("peak", [(1.0,), (0.0, 5.0), "fast", (-1, 2)])
+def test_bad_peak_is_refused_before_running(peak):
+    from inspector.errors import InputError
+
+    with pytest.raises(InputError, match="peak"):
+        inspect(torch.nn.Linear(4, 4), torch.randn(1, 4), timing=True, peak=peak)

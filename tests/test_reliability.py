@@ -257,3 +257,48 @@ def test_no_memory_growth_over_repeated_calls():
     grown = tracemalloc.get_traced_memory()[0] - first
     tracemalloc.stop()
     assert grown < 200_000, f"{grown} bytes kept after 300 inspections"
+
+
+class _Counter(nn.Module):
+    """Writes its buffers during an eval-mode forward: in place, and by replacing one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("seen", torch.zeros(()))
+        self.register_buffer("last", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += 1
+        self.last = x.detach().mean(0)
+        return self.lin(x)
+
+
+def test_buffers_written_or_replaced_in_eval_forward_are_given_back():
+    net = _Counter().eval()
+    seen, last = net.seen, net.last
+    before = state_snapshot(net)
+    inspect(net, torch.randn(3, 4), timing=True, repeat=2, warmup=1, peak=None)
+    assert net.seen is seen and net.last is last  # the very same tensors, with their old values
+    assert_state_equal(net, before)
+
+
+def test_model_tree_agrees_with_torch_iterators():
+    """ModelTree walks once; it must list what named_modules/parameters/buffers list, in order,
+    with tied weights and shared modules."""
+    from inspector.tree import ModelTree
+
+    shared = nn.Linear(3, 3)
+    net = nn.Sequential(nn.Embedding(5, 3), shared, nn.ReLU(), shared, nn.BatchNorm1d(3), nn.Linear(3, 5))
+    net[5].weight = net[0].weight  # tied
+    tree = ModelTree(net)
+    assert [n for n, _ in tree.modules] == [n for n, _ in net.named_modules()]
+    assert [n for n, _ in tree.paths] == [n for n, _ in net.named_modules(remove_duplicate=False)]
+    assert [(n, id(p)) for n, p in tree.parameters] == [(n, id(p)) for n, p in net.named_parameters()]
+    assert ([(n, id(p)) for n, p, _ in tree.param_paths]
+            == [(n, id(p)) for n, p in net.named_parameters(remove_duplicate=False)])
+    assert [(n, id(b)) for n, b in tree.buffers] == [(n, id(b)) for n, b in net.named_buffers()]
+    assert tree.has_tied_params and not ModelTree(BlogCNN()).has_tied_params
+    report = inspect(net, torch.randint(0, 5, (2,)))
+    assert report.total_params == sum(p.numel() for p in net.parameters())  # tied and shared once
+    assert report.layer("1").module_params == 12 and report.layer("5").module_params == 15 + 5
