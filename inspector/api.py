@@ -58,6 +58,8 @@ def _resolve_device(tree: ModelTree, device: Any) -> torch.device:
         raise InputError(f"device {device!r} is not a device: {exc}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is None:  # tensors say cuda:0, never bare cuda
+        resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 

@@ -32,8 +32,8 @@ def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype |
         cast = dtype if dtype is not None and t.is_floating_point() else None
         return t.detach().to(device=device, dtype=cast, copy=copy)
 
-    if not any(needs(t) for t in (*(p for _, p in tree.parameters), *(b for _, b in tree.buffers))):
-        return {}
+    if tree.devices <= {device} and (dtype is None or tree.float_dtypes <= {dtype}):
+        return {}  # everything is already where and what the pass wants (no per-tensor checks)
     state = {name: convert(p, False) for name, p in tree.parameters if needs(p)}
     state.update((name, convert(b, True)) for name, b in tree.buffers)
     return state

@@ -19,16 +19,21 @@ def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[st
     floating parameters are sized in ``dtype`` when one is given (the dtype the pass ran in)."""
     cast_size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
     counts: dict[str, tuple[int, int]] = {}
-    if not tree.has_tied_params:  # each tensor has one name: add it to every ancestor, no sets needed
+    if not tree.has_tied_params:  # each tensor has one name: sum each module's own, then fold upwards
+        numels: dict[str, int] = {}
+        sizes: dict[str, int] = {}
         for pname, p, _ in tree.params:
+            owner = pname.rpartition(".")[0]
             numel = p.numel()
-            nbytes = numel * (cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
-            prefix = pname
-            while prefix:
-                prefix = prefix.rpartition(".")[0]
-                n, b = counts.get(prefix, (0, 0))
-                counts[prefix] = (n + numel, b + nbytes)
-        return counts
+            numels[owner] = numels.get(owner, 0) + numel
+            sizes[owner] = sizes.get(owner, 0) + numel * (
+                cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
+        for name, _ in reversed(tree.modules):  # children come after their parent in pre-order
+            if name:
+                parent = name.rpartition(".")[0]
+                numels[parent] = numels.get(parent, 0) + numels.get(name, 0)
+                sizes[parent] = sizes.get(parent, 0) + sizes.get(name, 0)
+        return {name: (numels[name], sizes[name]) for name in numels}
     seen: dict[str, set[int]] = {}
     for pname, p, _ in tree.param_paths:
         numel = p.numel()

@@ -102,7 +102,7 @@ def resolve(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None,
 
 def model_device(tree: ModelTree) -> torch.device:
     """Where the model's parameters and buffers are; an error if they are split across devices."""
-    devices = tree.devices()
+    devices = set(tree.devices)
     if len(devices) > 1:
         listed = ", ".join(sorted(str(d) for d in devices))
         raise InputError(f"the model's tensors are on several devices ({listed}); pass device=... to "

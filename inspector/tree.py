@@ -32,13 +32,28 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``named_modules(remove_duplicate=False)`` without its nested generators (one per level, per
+    module): the same pre-order, from an explicit stack."""
+    out = []
+    stack = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        out.append((prefix, module))
+        children = module._modules
+        if children:
+            stack.extend((_join(prefix, name), child) for name, child in reversed(children.items())
+                         if child is not None)
+    return out
+
+
 class ModelTree:
     """The modules of ``model`` in ``named_modules`` order, and their parameters and buffers."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         #: Every path to every module: a module shared by two parents appears under both names.
-        self.paths: list[tuple[str, nn.Module]] = list(model.named_modules(remove_duplicate=False))
+        self.paths: list[tuple[str, nn.Module]] = _walk(model)
         seen: set[int] = set()
         #: Each module once, under its first name (what ``named_modules()`` yields).
         self.modules: list[tuple[str, nn.Module]] = []
@@ -99,5 +114,13 @@ class ModelTree:
                 out.append((_join(prefix, name), p))
         return out
 
-    def devices(self) -> set[torch.device]:
-        return {t.device for _, t, _ in self.params} | {b.device for _, b in self.buffers}
+    @cached_property
+    def devices(self) -> frozenset[torch.device]:
+        """Every device the model's parameters and buffers are on."""
+        return frozenset({t.device for _, t, _ in self.params} | {b.device for _, b in self.buffers})
+
+    @cached_property
+    def float_dtypes(self) -> frozenset[torch.dtype]:
+        """The dtypes of its floating parameters and buffers."""
+        tensors = [t for _, t, _ in self.params] + [b for _, b in self.buffers]
+        return frozenset(t.dtype for t in tensors if t.is_floating_point())

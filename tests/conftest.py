@@ -23,4 +23,8 @@ def assert_state_equal(model: torch.nn.Module, before: dict[str, torch.Tensor]) 
 
 
 def hook_count(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """Forward hooks on the model's modules, plus the process-wide ones (inspector uses one)."""
+    from torch.nn.modules import module as module_mod
+
+    own = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return own + len(module_mod._global_forward_hooks) + len(module_mod._global_forward_pre_hooks)

@@ -302,3 +302,24 @@ def test_model_tree_agrees_with_torch_iterators():
     report = inspect(net, torch.randint(0, 5, (2,)))
     assert report.total_params == sum(p.numel() for p in net.parameters())  # tied and shared once
     assert report.layer("1").module_params == 12 and report.layer("5").module_params == 15 + 5
+
+
+def test_other_models_running_during_collection_are_ignored():
+    """The post-hook is process-wide: a module outside the inspected tree, called from inside the
+    forward (an unregistered helper), must neither pop frames nor be counted as a layer."""
+    helper = nn.Linear(4, 4)  # held in a plain list: not a submodule
+
+    class Host(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+            self.helpers = [helper]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(self.helpers[0](x))
+
+    report = inspect(Host(), torch.randn(2, 4))
+    assert [r.name for r in report.layers] == ["", "inner"]
+    assert report.layer("").macs == 2 * 16  # the helper's matmul runs in the host's own forward
+    assert report.total_macs == 2 * 2 * 16 and report.crosscheck() == []
+    assert hook_count(helper) == 0
