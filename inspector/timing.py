@@ -1,14 +1,16 @@
 """Per-layer forward times and the device peak that places each layer on a roofline.
 
-Times come from hooks only (no op counting while timing), with synchronised clocks, as medians over
-repeats. Self-times and their sum are derived in ``build`` from these per-call times, like every
-other inclusive/self figure.
+Times come from hooks only (no op counting while timing), as medians over repeats: ``perf_counter``
+on CPU; on CUDA, an event recorded on the stream at each hook and read after one synchronise per
+pass, so that timing does not stall the GPU between layers. Self-times and their sum are derived
+in ``build`` from these per-call times, like every other inclusive/self figure.
 """
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -23,24 +25,52 @@ _COPY_BYTES = {"cpu": 128 << 20, "cuda": 2 << 30}
 _PEAKS: dict[tuple[str, torch.dtype], tuple[float, float]] = {}
 
 
-def _clock(device: torch.device) -> Callable[[], float]:
-    """perf_counter, after waiting for queued GPU work when timing on CUDA."""
-    if device.type == "cuda":
-        def cuda_clock() -> float:
-            torch.cuda.synchronize(device)
-            return time.perf_counter()
-        return cuda_clock
-    return time.perf_counter
+class Clock:
+    """Marks taken at hooks, turned into seconds once a pass is over. CPU: perf_counter floats."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def mark(self) -> Any:
+        return time.perf_counter()
+
+    def settle(self) -> None:
+        """Wait until every marked moment has happened (queued GPU work done)."""
+
+    def seconds(self, start: Any, end: Any) -> float:
+        return end - start
 
 
-def _best(fn: Callable[[], object], clock: Callable[[], float], repeat: int = 5) -> float:
+class CudaClock(Clock):
+    """CUDA events recorded on the current stream; one synchronise per pass, not per layer."""
+
+    def mark(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def settle(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def seconds(self, start: Any, end: Any) -> float:
+        return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+
+
+def clock_for(device: torch.device) -> Clock:
+    return CudaClock(device) if device.type == "cuda" else Clock(device)
+
+
+def _timed(fn: Callable[[], object], clock: Clock) -> float:
+    start = clock.mark()
+    fn()
+    end = clock.mark()
+    clock.settle()
+    return clock.seconds(start, end)
+
+
+def _best(fn: Callable[[], object], clock: Clock, repeat: int = 5) -> float:
     fn()  # warm-up: allocations, kernel selection
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)  # a peak is the best the device did, not its typical run
+    return min(_timed(fn, clock) for _ in range(repeat))  # a peak is the best the device did
 
 
 def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, float]:
@@ -51,7 +81,7 @@ def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
         raise ValueError(f"no peak probe for device type {device.type!r}; pass peak=(GFLOP/s, GB/s)")
     key = (str(device), dtype)
     if key not in _PEAKS:
-        clock = _clock(device)
+        clock = clock_for(device)
         n = _MATMUL_SIDE[device.type]
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
@@ -72,28 +102,25 @@ def time_layers(tree: ModelTree, state: dict, args: tuple, kwargs: dict, frames:
     device = next((t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), torch.device("cpu"))
     if device.type == "meta":
         raise ValueError("timing needs real arithmetic: use device='cpu' or 'cuda', not 'meta'")
-    clock = _clock(device)
+    clock = clock_for(device)
     per_call: list[list[float]] = [[] for _ in frames]
     plain: list[float] = []
     model = tree.model
     with borrow.lent(tree, mode), torch.no_grad():
         for i in range(warmup + repeat):
-            start = clock()
-            borrow.call(model, state, args, kwargs)
+            elapsed = _timed(lambda: borrow.call(model, state, args, kwargs), clock)
             if i >= warmup:
-                plain.append(clock() - start)
+                plain.append(elapsed)
         hooked: list[float] = []
         for i in range(warmup + repeat):
-            collector = Collector(tree, timer=clock)
+            collector = Collector(tree, timer=clock.mark)
             with collector.hooks():
-                start = clock()
-                borrow.call(model, state, args, kwargs)
-                elapsed = clock() - start
+                elapsed = _timed(lambda: borrow.call(model, state, args, kwargs), clock)
             if i < warmup or len(collector.frames) != len(frames):
                 continue  # control flow changed the calls: that run cannot be matched
             hooked.append(elapsed)
             for j, f in enumerate(collector.frames):
-                per_call[j].append(f.time_s or 0.0)
+                per_call[j].append(clock.seconds(f.start, f.end) if f.end is not None else 0.0)
     for frame, times in zip(frames, per_call):
         frame.time_s = statistics.median(times) if times else None
     return Timing(device=str(device), repeat=repeat, warmup=warmup,

@@ -95,3 +95,37 @@ def test_bad_peak_is_refused_before_running(peak):
 
     with pytest.raises(InputError, match="peak"):
         inspect(torch.nn.Linear(4, 4), torch.randn(1, 4), timing=True, peak=peak)
+
+
+def test_timing_reads_clock_marks_per_call(monkeypatch):
+    """The clock protocol the CUDA path uses (marks at hooks, one settle per pass, seconds read
+    afterwards), driven by a fake clock whose marks count hook events: each call's time is then the
+    number of marks taken inside it, exactly."""
+    from inspector import timing
+
+    class CountingClock(timing.Clock):
+        def __init__(self, device):
+            super().__init__(device)
+            self.ticks = 0
+            self.settled = 0
+
+        def mark(self):
+            self.ticks += 1
+            return self.ticks
+
+        def settle(self):
+            self.settled += 1
+
+    clocks = []
+    monkeypatch.setattr(timing, "clock_for", lambda device: clocks.append(CountingClock(device)) or clocks[-1])
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Tanh()))
+    r = inspect(model, torch.randn(2, 3), timing=True, repeat=3, warmup=1, peak=None)
+    # marks in one hooked pass: start, pre/post of 5 calls, end. A leaf spans 1 tick (its pre to its
+    # post); the inner Sequential spans its two leaves (5 ticks); the model spans 9 ticks.
+    assert [rec.time_ms for rec in r.layers] == [9e3, 1e3, 5e3, 1e3, 1e3]
+    # self-times: model 9 - 1 - 5 = 3, inner Sequential 5 - 1 - 1 = 3, leaves 1 each: they sum to 9
+    assert r.layer("1").self_time_ms == 3e3 and r.layer("").self_time_ms == 3e3
+    assert r.timing.layer_sum_ms == 9e3
+    # a plain pass takes 2 marks (1 tick); a hooked one 2 + 10 (11 ticks from first to last)
+    assert (r.timing.forward_ms, r.timing.hooked_forward_ms) == (1e3, 11e3)
+    assert clocks[0].settled == 2 * (3 + 1)  # once per pass: plain and hooked, warm-up included
