@@ -130,7 +130,7 @@ def build_records(tree: ModelTree, frames: list[Frame], counter: OpCounter, note
     for f in frames:
         form = evaluate(f.module, f.args, f.kwargs, f.outputs)
         params, trainable = per_frame.get(f.index, [0, 0])
-        records.append(LayerRecord(
+        records.append(LayerRecord.make(
             index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
             call=f.call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
             output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,

@@ -1,14 +1,13 @@
 """Frozen records: one per module call, and the mismatches found by the cross-check."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, NamedTuple
 
 Shape = tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class OpStat:
+class OpStat(NamedTuple):
     """One aten op as run directly inside one module call (not inside its children)."""
 
     op: str
@@ -89,8 +88,20 @@ class LayerRecord:
         base = self.name or "(model)"
         return f"{base}#{self.call}" if self.call else base
 
+    @classmethod
+    def make(cls, **values: Any) -> LayerRecord:
+        """Build a record without the frozen dataclass's per-field ``object.__setattr__`` calls (one
+        record per module call is built on every inspect); omitted fields take their defaults."""
+        record = object.__new__(cls)
+        record.__dict__.update(_DEFAULTS)
+        record.__dict__.update(values)
+        if record.__dict__.keys() != _FIELDS:
+            raise TypeError(f"LayerRecord fields missing or unknown: {sorted(record.__dict__.keys() ^ _FIELDS)}")
+        return record
+
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["ops"] = [stat._asdict() for stat in self.ops]
         out["flops"] = self.flops
         out["inclusive_flops"] = self.inclusive_flops
         out["bytes_moved"] = self.bytes_moved
@@ -99,6 +110,10 @@ class LayerRecord:
         out["input_shapes"] = [list(s) for s in self.input_shapes]
         out["output_shapes"] = [list(s) for s in self.output_shapes]
         return out
+
+
+_DEFAULTS = {f.name: f.default for f in fields(LayerRecord) if f.default is not MISSING}
+_FIELDS = frozenset(f.name for f in fields(LayerRecord))
 
 
 @dataclass(frozen=True)
