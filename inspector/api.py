@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import inspect as pyinspect
-from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from inspector import borrow, inputs as inputs_mod
+from inspector import borrow, inputs as inputs_mod, timing as timing_mod
 from inspector.build import build_records, static_records
 from inspector.collect import Collector, OpCounter
 from inspector.errors import InputError, InspectorError, LayerError, NotAModuleError, UnsupportedModelError
-from inspector.report import Report, Timing
+from inspector.report import Report
 from inspector.tree import ModelTree
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -77,29 +76,6 @@ def _layer_error(collector: Collector, exc: Exception, model: nn.Module, args: t
     return LayerError(f"{where} failed on input {shapes}: {first_line}")
 
 
-def _check_peak(peak: Any) -> tuple[float, float] | str | None:
-    if peak is None or (isinstance(peak, str) and peak == "measure"):
-        return peak
-    try:
-        gflops, gbytes = (float(v) for v in peak)
-    except (TypeError, ValueError):
-        raise InputError(f"peak must be (GFLOP/s, GB/s), 'measure' or None, got {peak!r}") from None
-    if not (gflops > 0 and gbytes > 0):
-        raise InputError(f"peak figures must be positive, got {peak!r}")
-    return gflops, gbytes
-
-
-def _with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: torch.device,
-               dtype: torch.dtype | None) -> Timing:
-    from inspector.timing import measure_peak
-
-    if peak is None:
-        return timing
-    source = "measured" if peak == "measure" else "given"
-    gflops, gbytes = measure_peak(device, dtype or torch.float32) if peak == "measure" else peak
-    return replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)
-
-
 def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | None = None,
             input_size: Any = None, device: Any = None, dtype: Any = None, mode: borrow.Mode = "eval",
             timing: bool = False, repeat: int = 10, warmup: int = 2,
@@ -118,7 +94,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | No
     process), or None for no roofline.
     """
     model, notes = _unwrap(model)
-    peak = _check_peak(peak) if timing else None
+    peak = timing_mod.check_peak(peak) if timing else None
     tree = ModelTree(model)
     target = _resolve_device(tree, device)
     cast = _resolve_dtype(dtype)
@@ -141,8 +117,6 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | No
             raise _layer_error(collector, exc, model, args) from exc
     report_timing = None
     if timing:
-        from inspector.timing import time_layers
-
-        report_timing = time_layers(tree, state, args, kw, collector.frames, mode, repeat, warmup)
-        report_timing = _with_peak(report_timing, peak, target, cast)
+        report_timing = timing_mod.time_layers(tree, state, args, kw, collector.frames, mode, repeat, warmup)
+        report_timing = timing_mod.with_peak(report_timing, peak, target, cast)
     return build_records(tree, collector.frames, counter, notes, args, kw, target, cast, mode, report_timing)

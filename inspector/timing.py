@@ -10,12 +10,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from inspector import borrow
 from inspector.collect import Collector, Frame
+from inspector.errors import InputError
 from inspector.report import Timing
 from inspector.tree import ModelTree
 
@@ -93,6 +95,30 @@ def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
         gbytes = 2 * src.numel() * src.element_size() / seconds / 1e9  # read + write
         _PEAKS[key] = (gflops, gbytes)
     return _PEAKS[key]
+
+
+def check_peak(peak: Any) -> tuple[float, float] | str | None:
+    """``peak`` as ``inspect`` takes it, validated before anything runs: (GFLOP/s, GB/s), "measure"
+    or None."""
+    if peak is None or (isinstance(peak, str) and peak == "measure"):
+        return peak
+    try:
+        gflops, gbytes = (float(v) for v in peak)
+    except (TypeError, ValueError):
+        raise InputError(f"peak must be (GFLOP/s, GB/s), 'measure' or None, got {peak!r}") from None
+    if not (gflops > 0 and gbytes > 0):
+        raise InputError(f"peak figures must be positive, got {peak!r}")
+    return gflops, gbytes
+
+
+def with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: torch.device,
+              dtype: torch.dtype | None) -> Timing:
+    """``timing`` with the roofline's peak: the given one, or measured on ``device`` in ``dtype``."""
+    if peak is None:
+        return timing
+    source = "measured" if peak == "measure" else "given"
+    gflops, gbytes = measure_peak(device, dtype or torch.float32) if peak == "measure" else peak
+    return replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)
 
 
 def time_layers(tree: ModelTree, state: dict, args: tuple, kwargs: dict, frames: list[Frame], mode: borrow.Mode,
