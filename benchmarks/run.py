@@ -193,6 +193,40 @@ def _vit_h_on_meta() -> tuple[float, int, int, int]:
     return float(out[0]), int(out[1]), int(out[2]), int(out[3])
 
 
+def _phases(model, x, repeat: int) -> list[float]:
+    """Median ms of each phase of one inspect() call, replayed step by step with the same internals:
+    setup (module tree, inputs, substitution check), attach (training flags, buffer clones, hooks),
+    the counted forward, detach (hooks off, buffers and flags back), build (records, closed forms)."""
+    from inspector import borrow, inputs as inputs_mod
+    from inspector.api import _resolve_device, _unwrap
+    from inspector.build import build_records
+    from inspector.collect import Collector, OpCounter
+    from inspector.tree import ModelTree
+
+    samples: list[list[float]] = [[] for _ in range(5)]
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        model_, notes = _unwrap(model)
+        tree = ModelTree(model_)
+        target = _resolve_device(tree, None)
+        args, kw, _ = inputs_mod.resolve(model_, x, None, None)
+        state = borrow.substitute_state(tree, target, None)
+        collector = Collector(tree)
+        counter = OpCounter(collector.stack)
+        t1 = time.perf_counter()
+        with borrow.lent(tree, "eval"), collector.hooks(), torch.no_grad():
+            t2 = time.perf_counter()
+            with counter:
+                borrow.call(model_, state, args, kw)
+            t3 = time.perf_counter()
+        t4 = time.perf_counter()
+        build_records(tree, collector.frames, counter, notes, args, kw, target, None, "eval", None)
+        t5 = time.perf_counter()
+        for i, (a, b) in enumerate([(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]):
+            samples[i].append((b - a) * 1e3)
+    return [statistics.median(s) for s in samples]
+
+
 def _profile(name: str, top: int = 12) -> str:
     """cProfile of one inspect() call: where the counting overhead goes, by own time."""
     model = zoo.torchvision_model(name)
@@ -244,6 +278,7 @@ def main() -> None:
     tools = [t for t in TOOLS if _available(t)]
     ratio_rows, dev_rows, floor_rows = [], [], []
     target_rows: list[tuple[str, float, float]] = []
+    phase_rows: list[list[str]] = []
     for name in args.models:
         model = zoo.torchvision_model(name)
         (x,) = zoo.example_inputs(name)
@@ -268,7 +303,10 @@ def main() -> None:
         target_rows.append((name, ours / forward, floor / forward))
         floor_rows.append([name, *(ratio(k) for k in FLOORS), ratio("inspector"),
                            f"{(floor - forward) * 1e3:.1f}", f"{(ours - floor) * 1e3:.1f}"])
-        print(name, ratio_rows[-1][1:], devs[1:], floor_rows[-1][1:], flush=True)
+        phases = _phases(model, x, args.repeat)
+        phase_rows.append([name, f"{forward * 1e3:.1f}", f"{floor * 1e3:.1f}", *(f"{p:.1f}" for p in phases),
+                           f"{sum(phases) - phases[2]:.1f}", f"{phases[2] - floor * 1e3:+.1f}"])
+        print(name, ratio_rows[-1][1:], devs[1:], floor_rows[-1][1:], phase_rows[-1][1:], flush=True)
     meta_start = time.perf_counter()
     for name in zoo.list_names("classification"):
         inspect(zoo.torchvision_model(name, device="meta"))
@@ -297,6 +335,11 @@ def main() -> None:
         "Then the floor's cost over the forward, and inspector's own cost over the floor, in ms.", "",
         tabulate(floor_rows, ["model", *FLOORS, "inspector", "floor − forward ms", "inspector − floor ms"],
                  "github"), "",
+        "inspector's phases, in ms (medians; see `_phases`): fixed costs around the forward (setup, "
+        "attach, detach, build) and the counted forward itself, against the plain forward and the floor "
+        "(which includes attaching and removing its no-op hooks):", "",
+        tabulate(phase_rows, ["model", "plain forward", "floor", "setup", "attach", "counted forward", "detach",
+                              "build", "fixed total", "counted forward − floor"], "github"), "",
         "cProfile of 5 `inspect()` calls on mobilenet_v3_large, by own time:", "",
         "```", profile, "```", "",
         "## Targets", "",
