@@ -89,7 +89,10 @@ def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
         b = torch.randn(n, n, device=device).to(dtype)
         with torch.no_grad():
             gflops = 2 * n**3 / _best(lambda: torch.mm(a, b), clock) / 1e9
-            src = torch.empty(_COPY_BYTES[device.type] // 4, device=device)
+            nbytes = _COPY_BYTES[device.type]
+            if device.type == "cuda":  # source and copy together take at most half the free memory
+                nbytes = min(nbytes, torch.cuda.mem_get_info(device)[0] // 4)
+            src = torch.empty(nbytes // 4, device=device)
             dst = torch.empty_like(src)
             seconds = _best(lambda: dst.copy_(src), clock)
         gbytes = 2 * src.numel() * src.element_size() / seconds / 1e9  # read + write
