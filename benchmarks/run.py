@@ -214,7 +214,7 @@ def _phases(model, x, repeat: int) -> list[float]:
         collector = Collector(tree)
         counter = OpCounter(collector.stack)
         t1 = time.perf_counter()
-        with borrow.lent(tree, "eval"), collector.hooks(), torch.no_grad():
+        with borrow.lent(tree, "eval", state), collector.hooks(), torch.no_grad():
             t2 = time.perf_counter()
             with counter:
                 borrow.call(model_, state, args, kw)

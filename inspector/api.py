@@ -107,7 +107,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | No
     state = borrow.substitute_state(tree, target, cast)
     collector = Collector(tree)
     counter = OpCounter(collector.stack)
-    with borrow.lent(tree, mode), collector.hooks(), torch.no_grad():
+    with borrow.lent(tree, mode, state), collector.hooks(), torch.no_grad():
         try:
             with counter:
                 borrow.call(model, state, args, kw)

@@ -84,10 +84,15 @@ def training_mode(tree: ModelTree, mode: Mode) -> Iterator[None]:
 
 
 @contextmanager
-def lent(tree: ModelTree, mode: Mode) -> Iterator[None]:
-    """The model in ``mode``, with its training flags and buffers given back afterwards."""
-    with training_mode(tree, mode), buffers_restored(tree):
-        yield
+def lent(tree: ModelTree, mode: Mode, state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The model in ``mode`` for calls with ``state``; training flags given back afterwards, and
+    buffers too, unless ``state`` substitutes them (then the forward only ever sees copies)."""
+    if state:
+        with training_mode(tree, mode):
+            yield
+    else:
+        with training_mode(tree, mode), buffers_restored(tree):
+            yield
 
 
 def call(model: torch.nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> object:

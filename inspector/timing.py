@@ -135,7 +135,7 @@ def time_layers(tree: ModelTree, state: dict, args: tuple, kwargs: dict, frames:
     per_call: list[list[float]] = [[] for _ in frames]
     plain: list[float] = []
     model = tree.model
-    with borrow.lent(tree, mode), torch.no_grad():
+    with borrow.lent(tree, mode, state), torch.no_grad():
         for i in range(warmup + repeat):
             elapsed = _timed(lambda: borrow.call(model, state, args, kwargs), clock)
             if i >= warmup:

@@ -274,11 +274,16 @@ class _Counter(nn.Module):
         return self.lin(x)
 
 
-def test_buffers_written_or_replaced_in_eval_forward_are_given_back():
+@pytest.mark.parametrize("device", [None, "meta"])
+def test_buffers_written_or_replaced_in_eval_forward_are_given_back(device):
+    """Same device: buffers cloned and written back. Meta: substituted copies (nothing to restore)."""
     net = _Counter().eval()
     seen, last = net.seen, net.last
     before = state_snapshot(net)
-    inspect(net, torch.randn(3, 4), timing=True, repeat=2, warmup=1, peak=None)
+    if device is None:
+        inspect(net, torch.randn(3, 4), timing=True, repeat=2, warmup=1, peak=None)
+    else:
+        inspect(net, torch.randn(3, 4), device=device)
     assert net.seen is seen and net.last is last  # the very same tensors, with their old values
     assert_state_equal(net, before)
 
