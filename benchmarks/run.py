@@ -138,7 +138,12 @@ def _available(name: str) -> bool:
         return False
 
 
-def _interleaved(model, x, fns: dict[str, Callable], repeat: int) -> dict[str, float]:
+def _sync_for(device: str) -> Callable[[], None]:
+    """What to call before reading the clock: wait for queued GPU work; nothing on CPU."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable[[], None]) -> dict[str, float]:
     """Median seconds per function, measured in rounds (plain forward, then each function once), so
     that drift of a shared, noisy machine hits every column alike."""
     times: dict[str, list[float]] = {"forward": [], **{k: [] for k in fns}}
@@ -151,14 +156,18 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int) -> dict[str, f
             times[name] = exc  # type: ignore[assignment]
     for _ in range(repeat):
         with torch.no_grad():
+            sync()
             start = time.perf_counter()
             model(x)
+            sync()
             times["forward"].append(time.perf_counter() - start)
         for name, fn in fns.items():
             if isinstance(times[name], Exception):
                 continue
+            sync()
             start = time.perf_counter()
             fn(model, x)
+            sync()
             times[name].append(time.perf_counter() - start)
     return {k: v if isinstance(v, Exception) else statistics.median(v) for k, v in times.items()}
 
@@ -193,7 +202,7 @@ def _vit_h_on_meta() -> tuple[float, int, int, int]:
     return float(out[0]), int(out[1]), int(out[2]), int(out[3])
 
 
-def _phases(model, x, repeat: int) -> list[float]:
+def _phases(model, x, repeat: int, sync: Callable[[], None]) -> list[float]:
     """Median ms of each phase of one inspect() call, replayed step by step with the same internals:
     setup (module tree, inputs, substitution check), attach (training flags, buffer clones, hooks),
     the counted forward, detach (hooks off, buffers and flags back), build (records, closed forms)."""
@@ -205,6 +214,7 @@ def _phases(model, x, repeat: int) -> list[float]:
 
     samples: list[list[float]] = [[] for _ in range(5)]
     for _ in range(repeat):
+        sync()
         t0 = time.perf_counter()
         model_, notes = _unwrap(model)
         tree = ModelTree(model_)
@@ -218,6 +228,7 @@ def _phases(model, x, repeat: int) -> list[float]:
             t2 = time.perf_counter()
             with counter:
                 borrow.call(model_, state, args, kw)
+            sync()
             t3 = time.perf_counter()
         t4 = time.perf_counter()
         build_records(tree, collector.frames, counter, notes, args, kw, target, None, "eval", None)
@@ -227,10 +238,10 @@ def _phases(model, x, repeat: int) -> list[float]:
     return [statistics.median(s) for s in samples]
 
 
-def _profile(name: str, top: int = 12) -> str:
+def _profile(name: str, device: str, top: int = 12) -> str:
     """cProfile of one inspect() call: where the counting overhead goes, by own time."""
-    model = zoo.torchvision_model(name)
-    (x,) = zoo.example_inputs(name)
+    model = zoo.torchvision_model(name, device=device)
+    (x,) = zoo.example_inputs(name, device)
     inspect(model, x)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -247,12 +258,13 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def _targets(rows: list[tuple[str, float, float]], meta_all: float, vit_s: float, vit_growth: int) -> list[str]:
+def _targets(rows: list[tuple[str, float, float]], meta_all: float, vit_s: float, vit_growth: int,
+             device: str) -> list[str]:
     """The issue's targets against this run's figures, each marked met or not met."""
     met = [n for n, ours, _ in rows if ours <= 1.15]
     floor_over = [n for n, _, floor in rows if floor > 1.15]
     lines = [
-        f"- Counting at ≤ 1.15× a plain forward on CPU: {_mark(len(met) == len(rows))} "
+        f"- Counting at ≤ 1.15× a plain forward on {device}: {_mark(len(met) == len(rows))} "
         f"({len(met)} of {len(rows)}: {', '.join(met) or 'none'}). inspector ranges "
         f"{min(o for _, o, _ in rows):.2f}–{max(o for _, o, _ in rows):.2f}×.",
         f"  - The floor (no-op hooks + a forwarding dispatch mode, nothing counted) is already above 1.15× on "
@@ -273,18 +285,22 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--models", nargs="*", default=MODELS)
-    p.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models, inputs and timing run")
+    p.add_argument("--out", default=None, help="default: RESULTS.md on CPU, RESULTS-cuda.md on CUDA")
     args = p.parse_args()
+    device = args.device
+    sync = _sync_for(device)
+    out = args.out or str(Path(__file__).with_name("RESULTS.md" if device == "cpu" else "RESULTS-cuda.md"))
     tools = [t for t in TOOLS if _available(t)]
     ratio_rows, dev_rows, floor_rows = [], [], []
     target_rows: list[tuple[str, float, float]] = []
     phase_rows: list[list[str]] = []
     for name in args.models:
-        model = zoo.torchvision_model(name)
-        (x,) = zoo.example_inputs(name)
+        model = zoo.torchvision_model(name, device=device)
+        (x,) = zoo.example_inputs(name, device)
         published = zoo.entry(name).gmacs
         fns = {**{t: TOOLS[t] for t in tools}, **FLOORS}
-        times = _interleaved(model, x, fns, args.repeat)
+        times = _interleaved(model, x, fns, args.repeat, sync)
         forward = times["forward"]
 
         def ratio(key: str) -> str:
@@ -303,7 +319,7 @@ def main() -> None:
         target_rows.append((name, ours / forward, floor / forward))
         floor_rows.append([name, *(ratio(k) for k in FLOORS), ratio("inspector"),
                            f"{(floor - forward) * 1e3:.1f}", f"{(ours - floor) * 1e3:.1f}"])
-        phases = _phases(model, x, args.repeat)
+        phases = _phases(model, x, args.repeat, sync)
         phase_rows.append([name, f"{forward * 1e3:.1f}", f"{floor * 1e3:.1f}", *(f"{p:.1f}" for p in phases),
                            f"{sum(phases) - phases[2]:.1f}", f"{phases[2] - floor * 1e3:+.1f}"])
         print(name, ratio_rows[-1][1:], devs[1:], floor_rows[-1][1:], phase_rows[-1][1:], flush=True)
@@ -315,16 +331,18 @@ def main() -> None:
     inspect(zoo.torchvision_model("vit_h_14", device="meta"))
     vit_s = time.perf_counter() - vit_start
     _, vit_growth, vit_python, vit_params = _vit_h_on_meta()
-    peak_gflops, peak_gbytes = measure_peak("cpu")
-    profile = _profile("mobilenet_v3_large")
+    peak_gflops, peak_gbytes = measure_peak(device)
+    profile = _profile("mobilenet_v3_large", device)
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
                f"{torch.__version__}, Python {platform.python_version()}")
+    if device.startswith("cuda"):
+        machine += f"; {torch.cuda.get_device_name(torch.device(device))}"
+    probe = "1024² fp32 matmul, 128 MiB copy" if device == "cpu" else "8192² fp32 matmul, up to 2 GiB copy"
     text = "\n".join([
         "# Benchmarks", "",
-        f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s (1024² fp32 matmul), "
-        f"{peak_gbytes:,.1f} GB/s (128 MiB copy).",
+        f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s, {peak_gbytes:,.1f} GB/s ({probe}).",
         f"Command: `{' '.join(['python', *sys.argv])}`. Times are medians of {args.repeat} interleaved rounds "
-        "(plain forward, then every tool once), CPU, batch 1, published input size.", "",
+        f"(plain forward, then every tool once), on {device}, batch 1, published input size.", "",
         "## Time of one counting call / one plain `no_grad` forward", "",
         tabulate(ratio_rows, ["model", "forward ms", *tools], "github"), "",
         "## MACs deviation from torchvision's published `_ops`", "",
@@ -343,14 +361,14 @@ def main() -> None:
         "cProfile of 5 `inspect()` calls on mobilenet_v3_large, by own time:", "",
         "```", profile, "```", "",
         "## Targets", "",
-        *_targets(target_rows, meta_all, vit_s, vit_growth), "",
+        *_targets(target_rows, meta_all, vit_s, vit_growth, device), "",
         "## Meta device", "",
         f"- all 80 classification models, build + inspect: {meta_all:.1f} s",
         f"- vit_h_14 ({vit_params / 1e6:.0f} M parameters), build + inspect: {vit_s:.2f} s. In a fresh "
         f"process, peak RSS rose {vit_growth / 2**20:.0f} MiB above the RSS after imports (peak reset "
         f"through /proc/self/clear_refs); peak Python allocations (tracemalloc) {vit_python / 2**20:.1f} MiB", "",
     ])
-    Path(args.out).write_text(text)
+    Path(out).write_text(text)
     print(text)
 
 
