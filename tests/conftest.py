@@ -5,7 +5,12 @@ import torch
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def cuda(test):
+    """Marks a test ``cuda`` (select them with ``pytest -m cuda``) and skips it without a GPU."""
+    return pytest.mark.cuda(_skip_without_cuda(test))
 
 
 def state_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

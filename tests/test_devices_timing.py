@@ -40,6 +40,25 @@ def test_cuda_counts_equal_cpu_and_model_stays_on_cpu():
     assert gpu.timing.device.startswith("cuda")
 
 
+@cuda
+def test_cuda_timing_roofline_and_no_memory_left_behind():
+    import gc
+
+    model = torchvision.models.resnet18(weights=None)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    r = inspect(model, device="cuda", dtype="float16", timing=True, repeat=5, warmup=2)
+    assert (r.total_macs, r.dtype, r.device) == (inspect(model, device="meta").total_macs, "float16", "cuda:0")
+    assert all(rec.time_ms > 0 for rec in r.layers)
+    assert r.timing.peak_source == "measured" and r.timing.peak_gflops > 1000 and r.timing.peak_gbytes_per_s > 100
+    assert {row["bound"] for row in r.roofline()} <= {"compute", "memory"}
+    del r
+    gc.collect()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before  # substituted weights and activations all freed
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
 def test_timing_self_times_sum_to_layer_sum():
     model = torchvision.models.resnet18(weights=None)
     r = inspect(model, torch.randn(1, 3, 64, 64), timing=True, repeat=3, warmup=1, peak=None)
