@@ -117,6 +117,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | No
             raise _layer_error(collector, exc, model, args) from exc
     report_timing = None
     if timing:
-        report_timing = timing_mod.time_layers(tree, state, args, kw, collector.frames, mode, repeat, warmup)
+        report_timing = timing_mod.time_layers(tree, state, args, kw, collector.frames, mode, repeat, warmup,
+                                               target)
         report_timing = timing_mod.with_peak(report_timing, peak, target, cast)
     return build_records(tree, collector.frames, counter, notes, args, kw, target, cast, mode, report_timing)

@@ -24,13 +24,14 @@ Mode = Literal["eval", "train", "as_is"]
 def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Tensors to run ``model`` with on ``device``/``dtype``: every parameter and buffer that is not
     already there, converted, plus copies of all buffers; empty when nothing needs converting."""
+    def cast(t: torch.Tensor) -> torch.dtype | None:
+        return dtype if dtype is not None and t.is_floating_point() else None
+
     def needs(t: torch.Tensor) -> bool:
-        cast = dtype if dtype is not None and t.is_floating_point() else None
-        return t.device != device or (cast is not None and t.dtype != cast)
+        return t.device != device or cast(t) not in (None, t.dtype)
 
     def convert(t: torch.Tensor, copy: bool) -> torch.Tensor:
-        cast = dtype if dtype is not None and t.is_floating_point() else None
-        return t.detach().to(device=device, dtype=cast, copy=copy)
+        return t.detach().to(device=device, dtype=cast(t), copy=copy)
 
     if tree.devices <= {device} and (dtype is None or tree.float_dtypes <= {dtype}):
         return {}  # everything is already where and what the pass wants (no per-tensor checks)

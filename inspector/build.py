@@ -1,6 +1,7 @@
 """Turning collected frames into frozen records: parameter attribution, inclusive sums, closed forms."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -14,20 +15,27 @@ from inspector.report import Report, Timing
 from inspector.tree import ModelTree
 
 
+def _sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
+    """Bytes of a parameter as the pass holds it: floating ones in ``dtype`` when one is given."""
+    cast_size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+
+    def nbytes(p: torch.Tensor) -> int:
+        return p.numel() * (cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
+    return nbytes
+
+
 def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[str, tuple[int, int]]:
     """(unique parameter count, bytes) of every module's subtree, by qualified name, in one pass;
     floating parameters are sized in ``dtype`` when one is given (the dtype the pass ran in)."""
-    cast_size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+    size = _sizer(dtype)
     counts: dict[str, tuple[int, int]] = {}
     if not tree.has_tied_params:  # each tensor has one name: sum each module's own, then fold upwards
         numels: dict[str, int] = {}
         sizes: dict[str, int] = {}
         for pname, p, _ in tree.params:
             owner = pname.rpartition(".")[0]
-            numel = p.numel()
-            numels[owner] = numels.get(owner, 0) + numel
-            sizes[owner] = sizes.get(owner, 0) + numel * (
-                cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
+            numels[owner] = numels.get(owner, 0) + p.numel()
+            sizes[owner] = sizes.get(owner, 0) + size(p)
         for name, _ in reversed(tree.modules):  # children come after their parent in pre-order
             if name:
                 parent = name.rpartition(".")[0]
@@ -36,8 +44,7 @@ def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[st
         return {name: (numels[name], sizes[name]) for name in numels}
     seen: dict[str, set[int]] = {}
     for pname, p, _ in tree.param_paths:
-        numel = p.numel()
-        nbytes = numel * (cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
+        numel, nbytes = p.numel(), size(p)
         prefix = pname
         while prefix:
             prefix = prefix.rpartition(".")[0]
@@ -97,11 +104,14 @@ def _model_name(model: nn.Module) -> str:
     return zoo.built_as(model) or type(model).__name__
 
 
-def _param_totals(tree: ModelTree) -> tuple[int, int, int, int, int]:
+def _param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> tuple[int, int, int, int, int]:
+    """Parameters, trainable ones, buffer elements, parameter bytes (in ``dtype`` when given) and
+    buffer bytes."""
     params = tree.params
     buffers = [b for _, b in tree.buffers]
+    size = _sizer(dtype)
     return (sum(p.numel() for _, p, _ in params), sum(p.numel() for _, p, t in params if t),
-            sum(b.numel() for b in buffers), sum(p.numel() * p.element_size() for _, p, _ in params),
+            sum(b.numel() for b in buffers), sum(size(p) for _, p, _ in params),
             sum(b.numel() * b.element_size() for b in buffers))
 
 
@@ -144,12 +154,9 @@ def build_records(tree: ModelTree, frames: list[Frame], counter: OpCounter, note
     records = _with_self_times(records)
     if timing is not None:
         timing = replace(timing, layer_sum_ms=sum(r.self_time_ms or 0.0 for r in records))
-    total, trainable, buf, pbytes, bbytes = _param_totals(tree)
+    total, trainable, buf, pbytes, bbytes = _param_totals(tree, dtype)
     leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     eff_dtype = dtype or next((p.dtype for _, p, _ in tree.params), torch.float32)
-    if dtype is not None:
-        size = torch.empty((), dtype=dtype).element_size()
-        pbytes = sum(p.numel() * (size if p.is_floating_point() else p.element_size()) for _, p, _ in tree.params)
     return Report(
         model=_model_name(model), layers=tuple(records), total_params=total, trainable_params=trainable,
         buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes,

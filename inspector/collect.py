@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -183,16 +183,6 @@ def _out_shapes(out: Any) -> Any:
     if isinstance(out, (tuple, list)):
         return tuple(o.shape if isinstance(o, torch.Tensor) else o for o in out)
     return out
-
-
-@dataclass
-class Collection:
-    """What one collected forward pass produced."""
-
-    frames: list[Frame]
-    output: Any = None
-    uncounted: dict[str, int] = field(default_factory=dict)
-    peak_activation_bytes: int = 0
 
 
 class Collector:

@@ -78,7 +78,8 @@ def visible_totals(layers: Sequence[LayerRecord], depth: int | None) -> dict[int
 def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple",
                   timing: bool | None = None) -> str:
     with_time = report.timing is not None if timing is None else timing
-    ridge = report.timing.ridge if with_time and report.timing is not None else None
+    timing_ = report.timing if with_time else None
+    ridge = timing_.ridge if timing_ is not None else None
     headers = ["Layer", "Type", "Output shape", "Params", "MACs"]
     if with_time:
         headers += ["Time ms", "Time %", "GFLOP/s", "FLOP/B"] + (["Bound"] if ridge else [])
@@ -94,7 +95,7 @@ def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple
             if with_time:
                 row += ["-" if t is None else f"{t:.3f}",
                         "-" if t is None or not total_time else f"{100 * t / total_time:.1f}"]
-                row += _roofline_cells(r, r.is_leaf or r.depth == depth, ridge)
+                row += _roofline_cells(r, r.is_leaf or r.depth == depth, timing_)
             rows.append(row)
     total_row = ["Total", "", "", f"{report.total_params:,}",
                  "-" if report.total_macs is None else f"{report.total_macs:,}"]
@@ -108,15 +109,16 @@ def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple
     return "\n".join([tabulate(rows, headers, tablefmt, align), *footer(report)])
 
 
-def _roofline_cells(r: LayerRecord, whole_call: bool, ridge: float | None) -> list[str]:
+def _roofline_cells(r: LayerRecord, whole_call: bool, timing: Any) -> list[str]:
     """Achieved GFLOP/s, intensity and bound, for rows whose time is the call's whole time (leaves,
     and rows standing for a folded subtree); "-" on rows that show a parent's self-time."""
+    with_bound = timing is not None and timing.ridge is not None
     if not whole_call or r.time_ms is None:
-        return ["-", "-"] + (["-"] if ridge else [])
+        return ["-", "-"] + (["-"] if with_bound else [])
     gflops, intensity = r.achieved_gflops, r.arithmetic_intensity
     cells = [f"{gflops:.1f}" if gflops is not None else "-", f"{intensity:.1f}" if intensity is not None else "-"]
-    if ridge:
-        cells.append("-" if intensity is None else ("compute" if intensity >= ridge else "memory"))
+    if with_bound:
+        cells.append(r.bound(timing.peak_gflops, timing.peak_gbytes_per_s) or "-")
     return cells
 
 

@@ -116,7 +116,7 @@ class Report:
 
     def roofline(self) -> list[dict[str, Any]]:
         """Per leaf call: FLOPs, bytes moved, intensity, time, achieved GFLOP/s and, with a peak, the
-        bound and the share of the attainable roof reached. Empty without timing."""
+        bound and the attainable roof (GFLOP/s) at that intensity. Empty without timing."""
         t = self.timing
         if t is None:
             return []
@@ -128,7 +128,7 @@ class Report:
                                    "bytes": r.bytes_moved, "intensity": r.arithmetic_intensity,
                                    "time_ms": r.time_ms, "gflops": r.achieved_gflops, "bound": None,
                                    "roof_gflops": None}
-            if t.peak_gflops and t.peak_gbytes_per_s and r.arithmetic_intensity is not None:
+            if t.ridge is not None and r.arithmetic_intensity is not None:
                 row["bound"] = r.bound(t.peak_gflops, t.peak_gbytes_per_s)
                 row["roof_gflops"] = min(t.peak_gflops, r.arithmetic_intensity * t.peak_gbytes_per_s)
             rows.append(row)

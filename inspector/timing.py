@@ -125,10 +125,9 @@ def with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: to
 
 
 def time_layers(tree: ModelTree, state: dict, args: tuple, kwargs: dict, frames: list[Frame], mode: borrow.Mode,
-                repeat: int, warmup: int) -> Timing:
-    """Median per-call times over ``repeat`` hooked forwards (after ``warmup``), written onto ``frames``;
-    plus the median of plain forwards, so that the distortion hooks add is visible."""
-    device = next((t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+                repeat: int, warmup: int, device: torch.device) -> Timing:
+    """Median per-call times over ``repeat`` hooked forwards (after ``warmup``) on ``device``, written
+    onto ``frames``; plus the median of plain forwards, so that the distortion hooks add is visible."""
     if device.type == "meta":
         raise ValueError("timing needs real arithmetic: use device='cpu' or 'cuda', not 'meta'")
     clock = clock_for(device)

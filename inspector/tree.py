@@ -97,8 +97,6 @@ class ModelTree:
 
     @cached_property
     def _packed(self) -> list[NamedParam]:
-        if not any(".quantized" in type(m).__module__ for _, m in self.modules):
-            return []
         return [(_join(prefix, f"packed{i}"), t, False)
                 for prefix, module in self.modules for i, t in enumerate(packed_weights(module))]
 
