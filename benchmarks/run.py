@@ -34,7 +34,7 @@ warnings.filterwarnings("ignore")
 from inspector import inspect  # noqa: E402
 from inspector.render import tabulate  # noqa: E402
 from inspector.timing import measure_peak  # noqa: E402
-from models import zoo  # noqa: E402
+from inspector.sources import torchvision_source as zoo  # noqa: E402
 
 MODELS = ["resnet50", "vit_b_16", "efficientnet_b0", "convnext_tiny", "swin_t", "mobilenet_v3_large",
           "inception_v3", "maxvit_t"]
@@ -176,7 +176,7 @@ _MEMORY_PROBE = """
 import sys, time, tracemalloc
 sys.path.insert(0, {root!r})
 from inspector import inspect
-from models import zoo
+from inspector.sources import torchvision_source as zoo
 
 def rss(field):
     with open("/proc/self/status") as f:

@@ -3,17 +3,33 @@
     from inspector import inspect
     report = inspect(model, example_input)
     print(report)                  # per-layer table with totals
-    report.crosscheck()            # [] when every layer agrees with its closed form
+    report.crosscheck()            # [] when every layer agrees with its closed form and every op was counted
+
+Models by name from any source: ``inspector.load("resnet50")``, ``load("timm:convnext_tiny")``,
+``load("hf:path/to/config_dir")``, ``load("path/to/net.py:Net")``.
 """
 from inspector.api import inspect
-from inspector.closed_forms import ClosedForm, closed_form
-from inspector.errors import (InputError, InspectorError, LayerError, NotAModuleError, UnknownModelError,
-                              UnsupportedModelError)
+from inspector.closed_forms import ClosedForm, closed_form, closed_form_backward
+from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
+                              RegistryError, UnknownModelError, UnsupportedModelError)
 from inspector.op_formulas import op_formula
-from inspector.records import LayerRecord, Mismatch, OpStat
-from inspector.report import CrossCheck, Report
+from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
+from inspector.report import CrossCheck, Report, TrainingMemory
+from inspector.sources import ModelSpec, load
 
-__all__ = ["ClosedForm", "CrossCheck", "InputError", "InspectorError", "LayerError", "LayerRecord", "Mismatch",
-           "NotAModuleError", "OpStat", "Report", "UnknownModelError", "UnsupportedModelError",
-           "closed_form", "inspect", "op_formula"]
-__version__ = "0.1.0"
+__all__ = ["ClosedForm", "CrossCheck", "InputError", "InspectorError", "LayerError", "LayerRecord", "MetaDeviceError",
+           "Mismatch", "ModelSpec", "NotAModuleError", "OpStat", "RegistryError", "Report", "TrainingMemory",
+           "Uncounted", "UnknownModelError", "UnsupportedModelError", "closed_form", "closed_form_backward",
+           "inspect", "inspect_spec", "load", "op_formula"]
+__version__ = "0.2.0"
+
+
+def inspect_spec(spec: ModelSpec, **options):  # noqa: ANN001, ANN201 - forwards inspect's options
+    """``inspect`` a model a source built, with its example inputs, device and name."""
+    options.setdefault("device", spec.device)
+    options.setdefault("name", spec.name)
+    if options.get("input_size") is None and spec.args is None and spec.input_size is not None:
+        options["input_size"] = spec.input_size
+    if options.get("input_size") is not None:
+        return inspect(spec.module, **options)
+    return inspect(spec.module, spec.args, kwargs=dict(spec.kwargs), **options)

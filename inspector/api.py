@@ -1,29 +1,43 @@
-"""``inspect``: run a model once, count what it did, and return a Report."""
+"""``inspect``: check the arguments, borrow the model, count one pass, and return a Report.
+
+The data flows one way: options -> inputs -> collect (hooks + dispatch mode) -> [backward step]
+-> [timing] -> build. Each step returns data; none writes into another's.
+"""
 from __future__ import annotations
 
+import copy
 import inspect as pyinspect
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from inspector import borrow, inputs as inputs_mod, timing as timing_mod
-from inspector.build import build_records, static_records
-from inspector.collect import Collector, OpCounter
-from inspector.errors import InputError, InspectorError, LayerError, NotAModuleError, UnsupportedModelError
+from inspector import inputs as inputs_mod
+from inspector.borrow import Borrow, call, substitute_state
+from inspector.build import RecordBuilder, Run, layer_sum_ms, merge_outside, param_totals
+from inspector.collect import Collection, Collector, OpCounter
+from inspector.op_formulas import Nested
+from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
+                              UnsupportedModelError, first_line, with_hint)
+from inspector.options import Options, validate
 from inspector.report import Report
 from inspector.tree import ModelTree
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
-
 
 def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
-    """Check the model is something we can inspect; see through ``torch.compile``."""
+    """Check the model is something we can inspect; see through ``torch.compile``; lazy modules are
+    materialised on a copy."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: hooks do not run inside it; "
             "inspect the eager nn.Module it was scripted or traced from")
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise NotAModuleError(f"inspect() got the class {model.__name__}, not a model: build one first, "
+                              f"e.g. inspect({model.__name__}(...), x)")
+    if isinstance(model, Mapping) and model and all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise NotAModuleError("inspect() got a state_dict (names -> tensors), not a model: build the model and "
+                              "load it with model.load_state_dict(state_dict)")
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"inspect() needs a torch.nn.Module, got {type(model).__name__}")
     notes = []
@@ -31,93 +45,194 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
         notes.append("torch.compile'd module: counted on its original eager module (compiled kernels "
                      "do the same arithmetic, fused)")
         model = model._orig_mod
-    is_container = isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
-    if is_container and len(model) == 0:
+    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and len(model) == 0:
         raise UnsupportedModelError(f"empty model: {type(model).__name__} has no layers")
     if type(model).forward is nn.Module.forward or isinstance(model, (nn.ModuleList, nn.ModuleDict)):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no forward(); inspect the module whose forward uses it")
+        raise UnsupportedModelError(f"{type(model).__name__} has no forward(); inspect the module whose forward "
+                                    "uses it")
+    lazy = [m for m in model.modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)
+            and m.has_uninitialized_params()]
+    if lazy:
+        notes.append(f"{len(lazy)} lazy module(s) ({type(lazy[0]).__name__}...) materialised on a copy of the "
+                     "model: the model's own stay uninitialized")
+        model = copy.deepcopy(model)
     return model, notes
 
 
-def _resolve_dtype(dtype: Any) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise InputError(f"dtype must be one of {', '.join(_DTYPES)} or a torch.dtype, got {dtype!r}")
-
-
-def _resolve_device(tree: ModelTree, device: Any) -> torch.device:
-    if device is None:
-        return inputs_mod.model_device(tree)
+def _config(module: nn.Module) -> str:
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {device!r} is not a device: {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but CUDA is not available on this machine")
-    if resolved.type == "cuda" and resolved.index is None:  # tensors say cuda:0, never bare cuda
-        resolved = torch.device("cuda", torch.cuda.current_device())
-    return resolved
+        return module.extra_repr()
+    except Exception:  # noqa: BLE001 - a broken extra_repr must not hide the real error
+        return "?"
 
 
-def _layer_error(collector: Collector, exc: Exception, model: nn.Module, args: tuple) -> InspectorError:
-    frame = collector.failing_frame()
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if frame is None or (frame.depth == 0 and isinstance(exc, TypeError) and "argument" in first_line):
-        signature = pyinspect.signature(type(model).forward)
-        return InputError(f"{type(model).__name__}.forward{signature} could not be called with "
-                          f"{len(args)} positional input(s): {first_line}")
-    shapes = ", ".join(f"{tuple(s)} {str(d).replace('torch.', '')}"
-                       for s, d in zip(frame.input_shapes, frame.input_dtypes)) or "no tensors"
-    config = frame.module.extra_repr()
-    where = f"layer {frame.name or '(model)'!r} ({type(frame.module).__name__}" + (f": {config})" if config else ")")
-    return LayerError(f"{where} failed on input {shapes}: {first_line}")
+def failure(collector: Collector | None, counter: OpCounter | None, exc: Exception, device: torch.device,
+            phase: str = "forward") -> InspectorError:
+    """One line naming the layer that failed, its config and input shapes, with a hint; never raises."""
+    try:
+        if isinstance(exc, InspectorError):
+            return exc
+        frame = collector.failing_frame() if collector is not None else None
+        message = first_line(exc)
+        op = counter.failed_op if counter is not None else None
+        where = "the model's own code (outside any submodule)" if frame is None else \
+            f"layer {frame.name or '(model)'!r} ({type(frame.module).__name__}" + \
+            (f": {_config(frame.module)})" if _config(frame.module) else ")")
+        shapes = "" if frame is None else ", ".join(
+            f"{s if isinstance(s, Nested) else tuple(s)} {str(d).replace('torch.', '')}"
+            for s, d in zip(frame.input_shapes, frame.input_dtypes)) or "no tensors"
+        during = "" if phase == "forward" else f" during {phase}"
+        if device.type == "meta" and _data_dependent(counter, op, message):
+            return MetaDeviceError(f"{where}{during}: {op or 'an op'} needs tensor values, which the meta device does "
+                                   f"not hold (.item(), nonzero, bool(tensor) on a result): inspect on "
+                                   f"device='cpu' (or cuda) instead")
+        text = f"{where}{during} failed on input {shapes}: {message}" if frame is not None else \
+            f"{where}{during} failed: {message}"
+        return LayerError(with_hint(text, message))
+    except Exception:  # noqa: BLE001 - the error builder itself never raises
+        return LayerError(f"the {phase} pass failed: {type(exc).__name__}")
 
 
-def inspect(model: nn.Module, inputs: Any = None, *, kwargs: dict[str, Any] | None = None,
-            input_size: Any = None, device: Any = None, dtype: Any = None, mode: borrow.Mode = "eval",
-            timing: bool = False, repeat: int = 10, warmup: int = 2,
-            peak: tuple[float, float] | Literal["measure"] | None = "measure") -> Report:
-    """Count what ``model`` does on one forward pass, layer by layer.
+def _data_dependent(counter: OpCounter | None, op: str | None, message: str) -> bool:
+    if counter is not None and op is not None:
+        info = next((i for f, i in counter._info.items() if i.name == op), None)
+        if info is not None and info.data_dependent:
+            return True
+    lowered = message.lower()
+    return "meta" in lowered and any(w in lowered for w in ("item", "data-dependent", "data dependent", "nonzero",
+                                                            "cannot copy out", "boolean value", "not implemented"))
 
-    ``inputs`` is a tensor, or a tuple of positional inputs (anything else is one positional input);
-    ``kwargs`` are keyword inputs; ``input_size`` makes a random float input instead. With none of
-    them an input is inferred where possible, else only parameters are counted.
-    ``device`` (``"cpu"``, ``"cuda[:N]"``, ``"meta"``, a torch.device, or None for where the model is)
-    and ``dtype`` apply to a substituted copy of the weights: the model itself is never moved.
-    ``mode`` is ``"eval"`` (default; torchvision's published figures are eval-mode), ``"train"`` or
-    ``"as_is"``; buffers (BatchNorm statistics) are never updated. ``timing=True`` adds per-layer
-    forward times (``repeat`` timed runs after ``warmup``) and a roofline verdict per layer against
-    ``peak``: (GFLOP/s, GB/s) given, ``"measure"`` (a large matmul and copy on the device, once per
-    process), or None for no roofline.
+
+def _check_call(model: nn.Module, args: tuple, kwargs: dict, ins: inputs_mod.Inputs) -> None:
+    """The inputs fit forward's signature (so that a TypeError inside forward is the model's, not ours)."""
+    try:
+        signature = pyinspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        given = f"{len(args)} positional input(s)" + (f" and keywords {sorted(kwargs)}" if kwargs else "")
+        list_hint = " (a list is one input: pass a tuple for several)" if len(args) == 1 and isinstance(args[0], list) \
+            else ""
+        raise InputError(f"{type(model).__name__}.forward{signature} cannot take {given}: {exc}{list_hint}") from None
+
+
+def _params_only(tree: ModelTree, run: Run) -> Report:
+    totals = param_totals(tree)
+    return Report(run=run, total_params=totals.params, trainable_params=totals.trainable,
+                  buffer_elements=totals.buffer_elements, param_bytes=totals.param_bytes,
+                  buffer_bytes=totals.buffer_bytes, total_macs=None)
+
+
+def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] | None = None, input_size: Any = None,
+            device: Any = None, dtype: Any = None, mode: str | None = None, flops: str = "matmul",
+            formulas: dict[Any, Any] | None = None, timing: bool = False, repeat: int = 10, warmup: int = 2,
+            peak: Any = "measure", backward: bool = False, loss_fn: Any = None, optimizer: Any = None,
+            autocast: Any = None, name: str | None = None) -> Report:
+    """Count what ``model`` does on one pass, layer by layer (see the README for every argument).
+
+    ``inputs``: a tensor, a tuple of positional inputs, or a mapping of keyword inputs; ``kwargs``
+    more keyword inputs; ``input_size`` a random input instead (``((1, 128), "int64")`` for token
+    ids). With none, an input is inferred where the model says what it takes, else parameters only.
+    ``device``/``dtype`` apply to substituted copies of the weights: the model is never moved.
+    ``mode``: "eval" (default; "train" with ``backward``) or "as_is". ``flops``: "matmul" (2 x MACs)
+    or "all" (plus elementwise work). ``formulas``: per-call MAC formulas for ops, by name.
+    ``timing``: per-layer times (``repeat`` after ``warmup``) and a roofline against ``peak``.
+    ``backward``: also a training step (``loss_fn``, ``optimizer``, ``autocast``) with backward
+    MACs and its memory. ``name``: the report's model name.
     """
+    opts = validate(device=device, dtype=dtype, mode=mode or ("train" if backward else "eval"), timing=timing,
+                    repeat=repeat, warmup=warmup, peak=peak, flops=flops, formulas=formulas, backward=backward,
+                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name)
     model, notes = _unwrap(model)
-    peak = timing_mod.check_peak(peak) if timing else None
     tree = ModelTree(model)
-    target = _resolve_device(tree, device)
-    cast = _resolve_dtype(dtype)
-    args, kw, input_notes = inputs_mod.resolve(model, inputs, kwargs, input_size)
-    notes += input_notes
-    if args is None:
-        return static_records(tree, notes, str(target), str(cast or "model's own").replace("torch.", ""), mode)
-    (args, kw), move_notes = inputs_mod.move((args, kw), target, cast)
-    notes += move_notes
-    state = borrow.substitute_state(tree, target, cast)
+    model_at = inputs_mod.model_device(tree)
+    target = opts.device or model_at
+    if opts.timing and target.type == "meta":
+        raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda', not 'meta'")
+    ins = inputs_mod.resolve(tree, inputs, kwargs, input_size, target, opts.dtype)
+    notes += ins.notes
+    dtype_name = str(opts.dtype or next((p.dtype for _, p, _ in tree.params if p.is_floating_point()),
+                                        torch.float32)).replace("torch.", "")
+    run = Run(model=opts.name or type(model).__name__, device=str(target), dtype=dtype_name, mode=opts.mode,
+              flops=opts.convention.name, notes=tuple(notes), backward=opts.backward)
+    if ins.args is None:
+        return _params_only(tree, run)
+    given = inputs_mod.tensors_in((ins.args, ins.kwargs))
+    if opts.device is None and any(t.device.type == "meta" for t in given) and model_at.type != "meta":
+        raise InputError(f"the inputs are on meta but the model is on {model_at}: pass device='meta' to count "
+                         "without computing, or give inputs on the model's device")
+    moved: set[str] = set()
+    args, kw = inputs_mod.move((ins.args, ins.kwargs), target, opts.dtype, moved)
+    if moved and not ins.invented:
+        notes += [f"inputs moved from {d} to {target}" for d in sorted(moved)]
+    _check_call(model, args, kw, ins)
+    leaves = inputs_mod.tensors_in((args, kw))
+    run = Run(model=run.model, device=run.device, dtype=run.dtype, mode=run.mode, flops=run.flops,
+              input_shapes=tuple(tuple(t.shape) for t in leaves),
+              input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves),
+              notes=tuple(notes), backward=opts.backward)
+    try:
+        return _inspect(tree, run, args, kw, target, opts)
+    except InspectorError as exc:
+        if not ins.invented or isinstance(exc, InputError):
+            raise
+        failed = Run(model=run.model, device=run.device, dtype=run.dtype, mode=run.mode, flops=run.flops,
+                     notes=(*notes, f"the invented input failed, so only parameters are counted: {exc}; pass "
+                                    "inputs=... or input_size=(...) to count MACs"), backward=run.backward)
+        return _params_only(tree, failed)
+
+
+def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
+    state = substitute_state(tree, target, opts.dtype)
+    model = tree.model
     collector = Collector(tree)
-    counter = OpCounter(collector.stack)
-    with borrow.lent(tree, mode, state), collector.hooks(), torch.no_grad():
+    training = times = timing = None
+    with Borrow(tree, opts.mode) as borrow:
+        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard)
+        if opts.backward:
+            from inspector.training import train_step
+
+            collection, training = train_step(tree, state, args, kw, collector, counter, opts, target,
+                                              lambda exc, phase: failure(collector, counter, exc, target, phase))
+        else:
+            collection = _forward(model, state, args, kw, collector, counter, target)
+        if opts.timing:
+            from inspector import timing as timing_mod
+
+            def run_once() -> object:
+                return call(model, state, args, kw)
+
+            times, timing = timing_mod.time_calls(tree, run_once, len(collection.frames), opts.repeat, opts.warmup,
+                                                  target, on_error=lambda c, e: failure(c, None, e, target, "a timed pass"))
+    if timing is not None and times is not None:
+        from dataclasses import replace
+
+        from inspector import timing as timing_mod
+
+        timing = timing_mod.with_peak(replace(timing, layer_sum_ms=layer_sum_ms(collection, times)), opts.peak,
+                                      target, opts.dtype)
+    totals = param_totals(tree, opts.dtype)
+    return Report(run=run, total_params=totals.params, trainable_params=totals.trainable,
+                  buffer_elements=totals.buffer_elements, param_bytes=totals.param_bytes,
+                  buffer_bytes=totals.buffer_bytes, total_macs=sum(f.macs for f in collection.frames),
+                  elementwise_flops=sum(f.flops for f in collection.frames),
+                  peak_activation_bytes=collection.peak_bytes, uncounted_ops=dict(collection.uncounted),
+                  formula_errors=dict(collection.formula_errors), timing=timing, training=training,
+                  builder=RecordBuilder(tree, collection, opts.dtype, times, opts.backward))
+
+
+def _forward(model: nn.Module, state: dict, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
+             target: torch.device) -> Collection:
+    with collector.hooks(), torch.no_grad():
         try:
             with counter:
-                borrow.call(model, state, args, kw)
+                call(model, state, args, kw)
         except InspectorError:
             raise
         except Exception as exc:
-            raise _layer_error(collector, exc, model, args) from exc
-    report_timing = None
-    if timing:
-        report_timing = timing_mod.time_layers(tree, state, args, kw, collector.frames, mode, repeat, warmup,
-                                               target)
-        report_timing = timing_mod.with_peak(report_timing, peak, target, cast)
-    return build_records(tree, collector.frames, counter, notes, args, kw, target, cast, mode, report_timing)
+            raise failure(collector, counter, exc, target) from exc
+    collection = collector.collection(counter)
+    merge_outside(collection)
+    return collection

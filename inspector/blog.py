@@ -14,7 +14,23 @@ import torch
 from torch import nn
 
 from inspector.api import inspect
+from inspector.errors import UnknownModelError
 from inspector.render import tabulate
+
+#: Where the post's networks live: the repository's models/ package, reached by name like any
+#: user's code (the library never imports it).
+POST_MODELS = "models.blog"
+
+
+def post_model(name: str) -> type[nn.Module]:
+    """A class of the post's networks (BlogANN, BlogCNN, DenseFirstLayer, ConvFirstLayer)."""
+    from inspector.sources.python import resolve_object
+
+    try:
+        return resolve_object(f"{POST_MODELS}:{name}")
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"the post's networks live in the repository's models/ package; run this from "
+                                f"the repository root ({exc})") from None
 
 
 def _sig_round(x: float, digits: int) -> float:
@@ -54,8 +70,8 @@ def _weights(model: nn.Module) -> int:
 
 
 def _models() -> dict[str, nn.Module]:
-    from models import BlogANN, BlogCNN, ConvFirstLayer, DenseFirstLayer
-
+    BlogANN, BlogCNN = post_model("BlogANN"), post_model("BlogCNN")  # noqa: N806 - classes
+    ConvFirstLayer, DenseFirstLayer = post_model("ConvFirstLayer"), post_model("DenseFirstLayer")  # noqa: N806
     return {"ann": BlogANN(), "cnn": BlogCNN(), "cnn_pooled": BlogCNN(pool=2), "dense224": DenseFirstLayer(),
             "conv224": ConvFirstLayer()}
 
@@ -100,8 +116,7 @@ class Answer:
 
 
 def exercise_1() -> Answer:
-    from models import BlogANN, BlogCNN
-
+    BlogANN, BlogCNN = post_model("BlogANN"), post_model("BlogCNN")  # noqa: N806 - classes
     ann = inspect(BlogANN(side=8, hidden=(32, 16)))
     cnn = inspect(BlogCNN(side=8, filters=8, pool=2))
     conv, fc = cnn.layer("net.0"), cnn.layer("net.4")
@@ -143,9 +158,9 @@ def exercise_3() -> Answer:
 
 
 def exercise_4() -> Answer:
-    from models import zoo
+    from inspector import inspect_spec, load
 
-    resnet = inspect(zoo.torchvision_model("resnet50", device="meta"))
+    resnet = inspect_spec(load("resnet50", device="meta"))
     hidden = resnet.total_params // (150_528 + 1_000)
     dense = inspect(nn.Sequential(nn.Flatten(), nn.Linear(150_528, hidden), nn.ReLU(), nn.Linear(hidden, 1000)),
                     input_size=(1, 3, 224, 224), device="meta")
@@ -163,8 +178,7 @@ def exercise_4() -> Answer:
 
 
 def exercise_5() -> Answer:
-    from models import ConvFirstLayer
-
+    ConvFirstLayer = post_model("ConvFirstLayer")  # noqa: N806 - a class
     same = inspect(ConvFirstLayer(padding="same"), device="meta")
     valid = inspect(ConvFirstLayer(padding="valid"), device="meta")
     per_position = 3 * 3 * 3
@@ -202,7 +216,7 @@ class Scaling:
 
 def scaling(sides: tuple[int, ...] = SIDES) -> Scaling:
     """Dense (n*n*3 -> 100) and conv (64 filters 3x3x3, 'same') first layers as the image side grows."""
-    from models import ConvFirstLayer, DenseFirstLayer
+    ConvFirstLayer, DenseFirstLayer = post_model("ConvFirstLayer"), post_model("DenseFirstLayer")  # noqa: N806
 
     dense = [inspect(DenseFirstLayer(side=n), device="meta") for n in sides]
     conv = [inspect(ConvFirstLayer(side=n, padding="same"), device="meta") for n in sides]

@@ -1,22 +1,47 @@
-"""Turning collected frames into frozen records: parameter attribution, inclusive sums, closed forms."""
+"""From a collection to a report: totals at once, per-call records (parameter attribution, inclusive
+sums, closed forms) only when a report's layers are first asked for."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
+from torch.nn.utils import parametrize
 
-from inspector.closed_forms import evaluate
-from inspector.collect import Frame, OpCounter
+from inspector.closed_forms import evaluate, evaluate_backward
+from inspector.collect import Collection, Frame
+from inspector.errors import first_line
 from inspector.records import LayerRecord, OpStat
-from inspector.report import Report, Timing
 from inspector.tree import ModelTree
 
 
-def _sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
-    """Bytes of a parameter as the pass holds it: floating ones in ``dtype`` when one is given."""
+@dataclass(frozen=True)
+class Run:
+    """What was run, as a report states it."""
+
+    model: str
+    device: str
+    dtype: str
+    mode: str
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtypes: tuple[str, ...] = ()
+    flops: str = "matmul"
+    notes: tuple[str, ...] = ()
+    backward: bool = False
+
+
+@dataclass(frozen=True)
+class ParamTotals:
+    params: int
+    trainable: int
+    buffer_elements: int
+    param_bytes: int
+    buffer_bytes: int
+
+
+def sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
+    """Bytes of a tensor as the pass holds it: floating ones in ``dtype`` when one is given."""
     cast_size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
 
     def nbytes(p: torch.Tensor) -> int:
@@ -24,10 +49,18 @@ def _sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
     return nbytes
 
 
+def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTotals:
+    params = tree.params
+    size = sizer(dtype)
+    buffers = [b for _, b in tree.buffers]
+    return ParamTotals(params=sum(p.numel() for _, p, _ in params), trainable=sum(p.numel() for _, p, t in params if t),
+                       buffer_elements=sum(b.numel() for b in buffers), param_bytes=sum(size(p) for _, p, _ in params),
+                       buffer_bytes=sum(b.numel() * b.element_size() for b in buffers))
+
+
 def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[str, tuple[int, int]]:
-    """(unique parameter count, bytes) of every module's subtree, by qualified name, in one pass;
-    floating parameters are sized in ``dtype`` when one is given (the dtype the pass ran in)."""
-    size = _sizer(dtype)
+    """(unique parameter count, bytes) of every module's subtree, by qualified name, in one pass."""
+    size = sizer(dtype)
     counts: dict[str, tuple[int, int]] = {}
     if not tree.has_tied_params:  # each tensor has one name: sum each module's own, then fold upwards
         numels: dict[str, int] = {}
@@ -56,134 +89,159 @@ def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[st
     return counts
 
 
-def _nearest_called(name: str, called: dict[str, int]) -> int | None:
-    while True:
-        if name in called:
-            return called[name]
-        if not name:
-            return None
-        name = name.rpartition(".")[0]
-
-
-def attribute_params(tree: ModelTree, frames: list[Frame], subtree: dict[str, tuple[int, int]]
-                     ) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
-    """Each unique parameter goes to the first call of its module, or of its nearest called ancestor.
-
-    Returns {frame index: [params, trainable]} and the top-most modules that never ran, with their
-    parameter counts from ``subtree`` (MultiheadAttention's out_proj, an unused auxiliary head...).
-    """
-    called: dict[str, int] = {}
+def attribute_params(tree: ModelTree, frames: tuple[Frame, ...]) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
+    """Each unique parameter goes to the first call of the module that owns it (by identity, so a
+    tied embedding shows on the call that used it), else to the first call of its nearest called
+    ancestor. Returns {frame index: [params, trainable]} and the top-most modules that never ran."""
+    first_call: dict[int, int] = {}
     for f in frames:
-        called.setdefault(f.name, f.index)
+        first_call.setdefault(id(f.module), f.index)
+    by_name = dict(tree.modules)
     per_frame: dict[int, list[int]] = {}
     for pname, p, trainable in tree.params:  # a tied tensor comes once
-        index = _nearest_called(pname.rpartition(".")[0], called)
+        owner = pname.rpartition(".")[0]
+        index = None
+        while index is None:
+            module = by_name.get(owner)
+            index = first_call.get(id(module)) if module is not None else None
+            if index is None and not owner:
+                break
+            owner = owner.rpartition(".")[0]
         if index is None:
             continue
         entry = per_frame.setdefault(index, [0, 0])
         entry[0] += p.numel()
         entry[1] += p.numel() if trainable else 0
-    # Containers without a forward (ModuleList, ModuleDict) are transparent: their children count
-    # as uncalled only when the container's own caller ran.
-    live = set(called)
+    subtree = subtree_params(tree)
+    live = {name for name, m in tree.modules if id(m) in first_call}
     uncalled = []
-    for name, module in tree.modules:
+    for name, module in tree.modules:  # containers without a forward are transparent
         parent = name.rpartition(".")[0]
-        if not name or name in called or parent not in live:
+        if not name or id(module) in first_call or parent not in live:
             continue
-        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)) or type(module).forward is nn.Module.forward:
             live.add(name)
         else:
             uncalled.append((name, subtree.get(name, (0, 0))[0]))
     return per_frame, uncalled
 
 
-def _model_name(model: nn.Module) -> str:
-    from models import zoo
-
-    return zoo.built_as(model) or type(model).__name__
-
-
-def _param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> tuple[int, int, int, int, int]:
-    """Parameters, trainable ones, buffer elements, parameter bytes (in ``dtype`` when given) and
-    buffer bytes."""
-    params = tree.params
-    buffers = [b for _, b in tree.buffers]
-    size = _sizer(dtype)
-    return (sum(p.numel() for _, p, _ in params), sum(p.numel() for _, p, t in params if t),
-            sum(b.numel() for b in buffers), sum(size(p) for _, p, _ in params),
-            sum(b.numel() * b.element_size() for b in buffers))
+def _reparametrized(module: nn.Module) -> bool:
+    """Parametrized (weight_norm, spectral_norm, orthogonal) or hooked (old weight_norm, pruning):
+    its stored parameters are not the layer's plain weight and bias."""
+    return parametrize.is_parametrized(module) or bool(module._forward_pre_hooks)
 
 
-def build_records(tree: ModelTree, frames: list[Frame], counter: OpCounter, notes: list[str], args: tuple,
-                  kwargs: dict, device: torch.device, dtype: torch.dtype | None, mode: str,
-                  timing: Timing | None) -> Report:
-    if frames and (counter.outside.macs or counter.outside.ops):
-        root = frames[0]
-        root.macs += counter.outside.macs
-        for op, (calls, macs) in counter.outside.ops.items():
-            stat = root.ops.setdefault(op, [0, 0])
+def _stats(ops: dict[str, list[int]]) -> tuple[OpStat, ...]:
+    return tuple(OpStat(op, c, m) for op, (c, m) in ops.items())
+
+
+def merge_outside(collection: Collection) -> None:
+    """Ops run outside every module call (before the first hook, after the last) go to the root."""
+    if not collection.frames:
+        return
+    root, outside = collection.frames[0], collection.outside
+    for attr in ("macs", "flops", "bw_macs", "bw_flops"):
+        setattr(root, attr, getattr(root, attr) + getattr(outside, attr))
+    for mine, theirs in ((root.ops, outside.ops), (root.bw_ops, outside.bw_ops)):
+        for op, (calls, macs) in theirs.items():
+            stat = mine.setdefault(op, [0, 0])
             stat[0] += calls
             stat[1] += macs
-    model = tree.model
-    module_params = subtree_params(tree, dtype)
-    per_frame, uncalled = attribute_params(tree, frames, module_params)
-    inclusive_macs = [f.macs for f in frames]
-    inclusive_params = [per_frame.get(f.index, [0])[0] for f in frames]
-    has_children = [False] * len(frames)
-    for f in reversed(frames):
-        if f.parent is not None:
-            inclusive_macs[f.parent] += inclusive_macs[f.index]
-            inclusive_params[f.parent] += inclusive_params[f.index]
-            has_children[f.parent] = True
-    records = []
-    for f in frames:
-        form = evaluate(f.module, f.args, f.kwargs, f.outputs)
-        params, trainable = per_frame.get(f.index, [0, 0])
-        records.append(LayerRecord.make(
-            index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
-            call=f.call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
-            output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
-            inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive_macs[f.index],
-            expected_macs=None if form is None else form.macs,
-            expected_params=None if form is None else form.params, module_params=module_params.get(f.name, (0, 0))[0],
-            ops=tuple(OpStat(op, c, m) for op, (c, m) in f.ops.items()),
-            input_bytes=f.input_bytes, param_bytes=module_params.get(f.name, (0, 0))[1],
-            time_ms=None if f.time_s is None else f.time_s * 1e3,
-        ))
-    records = _with_self_times(records)
-    if timing is not None:
-        timing = replace(timing, layer_sum_ms=sum(r.self_time_ms or 0.0 for r in records))
-    total, trainable, buf, pbytes, bbytes = _param_totals(tree, dtype)
-    leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    eff_dtype = dtype or next((p.dtype for _, p, _ in tree.params), torch.float32)
-    return Report(
-        model=_model_name(model), layers=tuple(records), total_params=total, trainable_params=trainable,
-        buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes,
-        total_macs=sum(r.macs for r in records), input_shapes=tuple(tuple(t.shape) for t in leaves),
-        device=str(device), dtype=str(eff_dtype).replace("torch.", ""), mode=mode,
-        peak_activation_bytes=counter.live.peak, uncounted_ops=dict(counter.uncounted),
-        uncalled=tuple(uncalled), notes=tuple(notes), timing=timing,
-    )
+    for attr in ("macs", "flops", "bw_macs", "bw_flops"):
+        setattr(outside, attr, 0)
+    outside.ops.clear()
+    outside.bw_ops.clear()
 
 
-def _with_self_times(records: list[LayerRecord]) -> list[LayerRecord]:
+@dataclass
+class RecordBuilder:
+    """Builds the per-call records when a report first needs them, then lets go of the model."""
+
+    tree: ModelTree | None
+    collection: Collection | None
+    dtype: torch.dtype | None
+    times: tuple[float | None, ...] | None = None
+    backward: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def build(self) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...]]:
+        tree, collection = self.tree, self.collection
+        assert tree is not None and collection is not None, "records are built once"
+        frames = collection.frames
+        per_frame, uncalled = attribute_params(tree, frames)
+        module_params = subtree_params(tree, self.dtype)
+        n = len(frames)
+        inclusive = {k: [getattr(f, k) for f in frames]
+                     for k in ("macs", "flops", "bw_macs", "saved_bytes", "recompute_macs")}
+        inclusive_params = [per_frame.get(i, [0])[0] for i in range(n)]
+        hooked = [f.hook_macs for f in frames]
+        has_children = [False] * n
+        for f in reversed(frames):
+            if f.parent is not None:
+                for values in inclusive.values():
+                    values[f.parent] += values[f.index]
+                inclusive_params[f.parent] += inclusive_params[f.index]
+                hooked[f.parent] += hooked[f.index]
+                if isinstance(f.module, parametrize.ParametrizationList):
+                    hooked[f.parent] += inclusive["macs"][f.index]
+                has_children[f.parent] = True
+        names = {id(m): name for name, m in tree.modules}
+        records = []
+        for f in frames:
+            form = expected_bw = None
+            try:
+                form = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else None
+                if self.backward:
+                    expected_bw = evaluate_backward(f.module, form, f.grad_input)
+            except Exception as exc:  # noqa: BLE001 - a closed form that cannot apply is noted, not fatal
+                self.notes.append(f"closed form of {f.name or '(model)'} ({type(f.module).__name__}) not "
+                                  f"checked: {first_line(exc)}")
+            params, trainable = per_frame.get(f.index, [0, 0])
+            own_name = names.get(id(f.module), f.name)
+            subtree = module_params.get(own_name, (0, 0))
+            reparam = _reparametrized(f.module)
+            bw = self.backward
+            records.append(LayerRecord.make(
+                index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
+                call=f.call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
+                input_dtypes=tuple(str(d).replace("torch.", "") for d in f.input_dtypes),
+                output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
+                inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive["macs"][f.index],
+                elementwise_flops=f.flops, inclusive_elementwise_flops=inclusive["flops"][f.index],
+                expected_macs=None if form is None else form.macs,
+                expected_params=None if form is None or reparam else form.params, module_params=subtree[0],
+                ops=_stats(f.ops), input_bytes=f.input_bytes, param_bytes=subtree[1], hook_macs=hooked[f.index],
+                failed=f.failed, time_ms=None if self.times is None or self.times[f.index] is None
+                else self.times[f.index] * 1e3,
+                backward_macs=f.bw_macs if bw else None, inclusive_backward_macs=inclusive["bw_macs"][f.index] if bw
+                else None, backward_ops=_stats(f.bw_ops), expected_backward_macs=None if reparam else expected_bw,
+                saved_bytes=f.saved_bytes if bw else None,
+                inclusive_saved_bytes=inclusive["saved_bytes"][f.index] if bw else None,
+                recompute_macs=inclusive["recompute_macs"][f.index] if bw else None,
+            ))
+        if self.times is not None:
+            records = self_times(records)
+        self.tree = self.collection = None  # the report no longer holds the model
+        return tuple(records), tuple(uncalled)
+
+
+def self_times(records: list[LayerRecord]) -> list[LayerRecord]:
     """Self time = a call's time minus its children's (never below zero)."""
-    if not records or records[0].time_ms is None:
-        return records
+    from dataclasses import replace
+
     children_time = [0.0] * len(records)
     for r in records:
         if r.parent is not None and r.time_ms is not None:
             children_time[r.parent] += r.time_ms
-    return [replace(r, self_time_ms=max(0.0, (r.time_ms or 0.0) - children_time[r.index])) for r in records]
+    return [replace(r, self_time_ms=None if r.time_ms is None else max(0.0, r.time_ms - children_time[r.index]))
+            for r in records]
 
 
-def static_records(tree: ModelTree, notes: list[str], device: str, dtype: str, mode: str) -> Report:
-    """A parameters-only report, for a model given without inputs that could not be inferred."""
-    total, trainable, buf, pbytes, bbytes = _param_totals(tree)
-    return Report(model=_model_name(tree.model), layers=(), total_params=total, trainable_params=trainable,
-                  buffer_elements=buf, param_bytes=pbytes, buffer_bytes=bbytes, total_macs=None,
-                  input_shapes=(), device=device, dtype=dtype, mode=mode, notes=tuple(notes))
-
-
-__all__ = ["attribute_params", "build_records", "static_records"]
+def layer_sum_ms(collection: Collection, times: tuple[float | None, ...]) -> float:
+    """Sum of every call's self-time, in ms, from per-call seconds (the same rule as ``self_times``)."""
+    children = [0.0] * len(times)
+    for f in collection.frames:
+        if f.parent is not None and times[f.index] is not None:
+            children[f.parent] += times[f.index]  # type: ignore[operator]
+    return 1e3 * sum(max(0.0, t - children[i]) for i, t in enumerate(times) if t is not None)

@@ -1,25 +1,56 @@
-"""Command line: ``inspector summary|compare|list|blog|demo`` (also ``python -m inspector``)."""
+"""Command line: ``inspector summary|compare|list|blog|demo`` (also ``python -m inspector``).
+
+Exit codes: 0 all counted and checked; 1 a compared model failed, a cross-check found a mismatch
+or a claim of the post is wrong; 2 a usage or input error (one line on stderr, never a traceback);
+3 counted, but some matmul-like op could not be counted (totals are low); 130 interrupted.
+``INSPECTOR_DEBUG=1`` shows the traceback of an error.
+"""
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from inspector.errors import InspectorError
+import inspector
+from inspector.errors import InspectorError, first_line
 
-FORMATS = ("table", "markdown", "json", "csv")
-
-
-def _tablefmt(fmt: str) -> str:
-    return "github" if fmt == "markdown" else "simple"
+OK, FAILED, USAGE, INCOMPLETE, INTERRUPTED = 0, 1, 2, 3, 130
+REPORT_FORMATS = ("table", "markdown", "json", "csv", "html")
 
 
-def _size(text: str) -> tuple[int, ...]:
+class CliError(InspectorError):
+    """A mistake on the command line, found before anything runs."""
+
+
+def _size(text: str) -> tuple:
+    shape, _, dtype = text.partition(":")
     try:
-        return tuple(int(v) for v in text.replace("x", ",").split(","))
+        dims = tuple(int(v) for v in shape.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-size wants integers like 1,3,224,224, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--input-size wants integers like 1,3,224,224 (or 1,128:int64 for "
+                                         f"token ids), got {text!r}") from None
+    if any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"--input-size dimensions must be positive, got {text!r}")
+    return (dims, dtype) if dtype else dims
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"wants a number >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("wants a number >= 1, got 0")
+    return value
 
 
 def _peak(text: str) -> tuple[float, float] | str | None:
@@ -33,151 +64,231 @@ def _peak(text: str) -> tuple[float, float] | str | None:
     return gflops, gbytes
 
 
+def _device(text: str | None) -> str | None:
+    """Checked before anything is built: a clear line instead of a failure deep in a run."""
+    if text is None:
+        return None
+    from inspector.options import check_device
+
+    return str(check_device(text))
+
+
+def _output_path(text: str | None) -> str | None:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CliError(f"--plot {text!r}: the file must end in .png, .svg or .pdf")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CliError(f"--plot {text!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"--plot {text!r}: the folder {str(folder)!r} is not writable")
+    return text
+
+
+def _progress_bar(force: bool | None):  # noqa: ANN202
+    if force is False or (force is None and not sys.stderr.isatty()):
+        return None
+
+    def show(done: int, total: int, name: str) -> None:
+        width = 30
+        filled = width * done // total
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[:40]:<40}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return show
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
-    from inspector import inspect
-    from models import zoo
+    from inspector import inspect_spec, load
+    from inspector.formats import render
 
-    device = args.device or "cpu"
-    model = zoo.torchvision_model(args.model, device="cpu" if zoo.entry(args.model).family == "quantization" else device)
-    inputs = None if args.input_size else zoo.example_inputs(args.model, device)
-    report = inspect(model, inputs, input_size=args.input_size, device=device, dtype=args.dtype,
-                     timing=args.timing, peak=args.peak)
-    if args.format == "json":
-        print(json.dumps(report.to_dict(), indent=1))
-    elif args.format == "csv":
-        from inspector.compare import compare
-
-        print(compare([(args.model, model, inputs)], device=device).to_csv(), end="")
-    else:
-        print(report.table(depth=args.depth, tablefmt=_tablefmt(args.format)))
-    return 0
-
-
-def _progress(done: int, total: int, name: str) -> None:
-    width = 30
-    filled = width * done // total
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+    device = _device(args.device) or "cpu"
+    spec = load(args.model, device=device, batch=args.batch, seq_len=args.seq_len, input_size=args.input_size)
+    report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
+                          peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
+                          mode=args.mode)
+    columns = args.columns.split(",") if args.columns else None
+    print(render(report, args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
+                 by=args.sort))
+    if not report.complete:
+        return INCOMPLETE
+    return FAILED if any(m for m in report.crosscheck()) else OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from inspector.compare import compare
-    from models import zoo
+    from inspector.formats import render
+    from inspector.sources import list_names
+    from inspector.sources.torchvision_source import check_name
 
+    device = _device(args.device)
+    plot = _output_path(args.plot)
     names = list(args.models)
     if args.all:
-        names += zoo.list_names(args.family)
+        names += list_names("tv", args.family)
     if not names:
-        raise InspectorError("name models to compare, or pass --all")
+        raise CliError("name models to compare, or pass --all")
     for name in names:
-        zoo.check_name(name)
-    progress = _progress if (args.all or args.progress) else None
-    result = compare(names, device=args.device, progress=progress)
+        if ":" not in name:
+            check_name(name)  # an unknown torchvision name fails before anything is built
+    result = compare(names, device=device, progress=_progress_bar(args.progress), batch=args.batch)
     if args.sort:
         result = result.sorted(args.sort, descending=args.descending)
-    if args.format == "json":
-        print(json.dumps(result.to_dict(), indent=1))
-    elif args.format == "csv":
-        print(result.to_csv(), end="")
-    else:
-        print(result.table(tablefmt=_tablefmt(args.format)))
-    if args.plot:
+    print(render(result, args.format), end="" if args.format == "csv" else "\n")
+    if plot:
         from inspector.plot import plot_pareto
 
-        front = plot_pareto(result, args.plot)
-        sys.stderr.write(f"wrote {args.plot}; Pareto front: {', '.join(front)}\n")
-    return 1 if result.failed else 0
+        drawn = plot_pareto(result, plot)
+        sys.stderr.write(f"wrote {plot}: {drawn}\n")
+    if result.failed:
+        return FAILED
+    return INCOMPLETE if any(r.complete is False for r in result.rows) else OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from inspector.render import tabulate
-    from models import zoo
+    import json
 
-    rows = [[n, zoo.entry(n).family, f"{zoo.entry(n).num_params:,}", zoo.entry(n).gmacs,
-             "x".join(map(str, zoo.entry(n).input_size))] for n in zoo.list_names(args.family)]
-    if args.format == "json":
-        print(json.dumps([dict(zip(["name", "family", "num_params", "gmacs", "input"], r)) for r in rows], indent=1))
+    from inspector.render import tabulate
+    from inspector.sources import list_names
+
+    if args.source == "tv":
+        from inspector.sources.torchvision_source import entry
+
+        rows = [[n, entry(n).family, f"{entry(n).num_params:,}", entry(n).gmacs,
+                 "x".join(map(str, entry(n).input_size))] for n in list_names("tv", args.family)]
+        headers = ["Model", "Family", "Published params", "Published GMACs", "Input"]
     else:
-        print(tabulate(rows, ["Model", "Family", "Published params", "Published GMACs", "Input"], _tablefmt(args.format)))
-    return 0
+        rows = [[n] for n in list_names(args.source)]
+        headers = ["Model"]
+    if args.format == "json":
+        keys = ["name", "family", "num_params", "gmacs", "input"][:len(headers)]
+        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
+    else:
+        print(tabulate(rows, headers, "github" if args.format == "markdown" else "simple"))
+    return OK
 
 
 def cmd_blog(args: argparse.Namespace) -> int:
     from inspector.blog import blog_report, plot_scaling, render_blog
 
+    plot = _output_path(args.plot)
     data = blog_report()
-    print(render_blog(data, tablefmt=_tablefmt(args.format)))
-    if args.plot:
-        plot_scaling(data["scaling"], args.plot)
-        sys.stderr.write(f"wrote {args.plot}\n")
-    return 0 if all(c.ok or c.why for c in data["claims"]) else 1
+    print(render_blog(data, tablefmt="github" if args.format == "markdown" else "simple"))
+    if plot:
+        plot_scaling(data["scaling"], plot)
+        sys.stderr.write(f"wrote {plot}\n")
+    return OK if all(c.ok or c.why for c in data["claims"]) else FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from inspector import inspect
+    from inspector import inspect_spec, load
     from inspector.blog import render_blog
-    from models import zoo
 
     print(render_blog())
+    spec = load("resnet50")
     print("\nResNet-50 (torchvision, weights=None, 1x3x224x224 on cpu):")
-    report = inspect(zoo.torchvision_model("resnet50"))
+    report = inspect_spec(spec)
     print(report.table(depth=args.depth))
-    published = zoo.entry("resnet50")
+    published = spec.published
     print(f"published: {published.num_params:,} params, {published.gmacs} GMACs; measured "
           f"{report.total_params:,} params, {report.total_macs / 1e9:.3f} GMACs")
     print(report.crosscheck().summary())
-    return 0 if not report.crosscheck() and report.total_params == published.num_params else 1
+    return OK if not report.crosscheck() and report.total_params == published.num_params else FAILED
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inspector", description="Per-layer parameters, MACs and FLOPs of PyTorch models.")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="per-layer table of one torchvision model")
-    s.add_argument("model")
-    s.add_argument("--input-size", type=_size)
-    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or meta")
-    s.add_argument("--depth", type=int, default=None)
-    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default=None)
+    p = argparse.ArgumentParser(prog="inspector", description="Per-layer parameters, MACs, FLOPs, memory and time "
+                                "of PyTorch models, cross-checked against closed forms.",
+                                epilog="Exit codes: 0 ok, 1 a failure or mismatch, 2 a usage or input error, "
+                                       "3 some ops could not be counted. INSPECTOR_DEBUG=1 shows tracebacks.")
+    p.add_argument("--version", action="version", version=f"inspector {inspector.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("summary", help="per-layer table of one model",
+                       description="Per-layer table of one model. NAME: a torchvision name (resnet50), "
+                                   "timm:NAME, hf:CONFIG_DIR or a cached hub name, path/to/file.py:Class, "
+                                   "or package.module:factory.")
+    s.add_argument("model", metavar="NAME", help="the model (see above)")
+    s.add_argument("--input-size", type=_size, metavar="N,C,H,W[:DTYPE]",
+                   help="a random input of this size instead of the source's example (1,128:int64 for token ids)")
+    s.add_argument("--batch", type=_positive, help="batch size of the example input (default 1)")
+    s.add_argument("--seq-len", type=_positive, help="tokens per sequence for hf: models (default 128)")
+    s.add_argument("--device", help="cpu (default), cuda, cuda:N or meta (counts without computing)")
+    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), help="run the weights in this dtype")
+    s.add_argument("--mode", choices=("eval", "train", "as_is"), help="module mode (default eval; train with --backward)")
+    s.add_argument("--depth", type=_natural, help="levels of the call tree to show (default: all)")
+    s.add_argument("--top", type=_positive, metavar="K", help="show only the K calls doing the most (see --sort)")
+    s.add_argument("--sort", default="macs", choices=("macs", "flops", "params", "time", "backward_macs", "saved_bytes"),
+                   help="what --top ranks by (default macs)")
+    s.add_argument("--columns", metavar="COL,COL", help="table columns, from: " + ", ".join(
+        ["type", "input_shape", "output_shape", "params", "params_pct", "macs", "macs_pct", "flops", "time",
+         "time_pct", "gflops", "intensity", "bound", "backward_macs", "saved"]))
+    s.add_argument("--exact", action="store_true", help="exact integers instead of readable units (4.09 G)")
+    s.add_argument("--flops", choices=("matmul", "all"), default="matmul",
+                   help="FLOPs = 2 x MACs (matmul, default) or also elementwise work (all)")
     s.add_argument("--timing", action="store_true", help="per-layer forward times, GFLOP/s and roofline")
-    s.add_argument("--peak", type=_peak, default="measure",
+    s.add_argument("--peak", type=_peak, default="measure", metavar="GFLOPS,GBPS",
                    help="device peak for the roofline: GFLOPS,GBPS, 'measure' (default) or 'none'")
-    s.add_argument("--format", choices=FORMATS, default="table")
+    s.add_argument("--backward", action="store_true", help="also one training step: backward MACs and its memory")
+    s.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"),
+                   help="optimizer of the training step (with --backward)")
+    s.add_argument("--format", choices=REPORT_FORMATS, default="table", help="output format (default table)")
     s.set_defaults(run=cmd_summary)
-    c = sub.add_parser("compare", help="several models side by side")
-    c.add_argument("models", nargs="*")
-    c.add_argument("--all", action="store_true", help="every registered model (of --family)")
+    c = sub.add_parser("compare", help="several models side by side",
+                       description="Several models side by side; names from any source, mixed.")
+    c.add_argument("models", nargs="*", metavar="NAME", help="models to compare (as for summary)")
+    c.add_argument("--all", action="store_true", help="every registered torchvision model (of --family)")
     c.add_argument("--family", choices=["classification", "segmentation", "video", "detection", "optical_flow",
-                                        "quantization"])
-    c.add_argument("--device", default=None)
+                                        "quantization"], help="with --all: one torchvision family")
+    c.add_argument("--device", help="cpu (default), cuda, cuda:N or meta")
+    c.add_argument("--batch", type=_positive, help="batch size of every example input (default 1)")
     c.add_argument("--sort", default=None, help="a column: params, macs, published_gmacs, metric_value, ...")
-    c.add_argument("--descending", action="store_true")
-    c.add_argument("--format", choices=FORMATS, default="table")
-    c.add_argument("--plot", metavar="FILE.png", help="accuracy vs GMACs with the Pareto front")
-    c.add_argument("--progress", action="store_true")
+    c.add_argument("--descending", action="store_true", help="sort largest first")
+    c.add_argument("--format", choices=REPORT_FORMATS, default="table", help="output format (default table)")
+    c.add_argument("--plot", metavar="FILE.png", help="accuracy against GMACs with the Pareto front, per task")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: when stderr is a terminal)")
     c.set_defaults(run=cmd_compare)
-    li = sub.add_parser("list", help="registered torchvision models")
-    li.add_argument("--family", default=None)
-    li.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    li = sub.add_parser("list", help="models a source knows", description="Models a source knows.")
+    li.add_argument("--source", default="tv", choices=("tv", "timm"), help="tv (torchvision, default) or timm")
+    li.add_argument("--family", default=None, help="a torchvision family (classification, video, ...)")
+    li.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
     li.set_defaults(run=cmd_list)
-    b = sub.add_parser("blog", help="the post's figures checked, its exercises answered")
-    b.add_argument("--format", choices=("table", "markdown"), default="table")
+    b = sub.add_parser("blog", help="the post's figures checked, its exercises answered",
+                       description="The post's figures checked against real modules (run from the repository "
+                                   "root: the post's networks live in its models/ package).")
+    b.add_argument("--format", choices=("table", "markdown"), default="table", help="output format")
     b.add_argument("--plot", metavar="FILE.png", help="the scaling study as a chart")
     b.set_defaults(run=cmd_blog)
-    d = sub.add_parser("demo", help="the post's comparison and a ResNet-50 summary")
-    d.add_argument("--depth", type=int, default=2)
+    d = sub.add_parser("demo", help="the post's comparison and a ResNet-50 summary",
+                       description="The post's comparison and a ResNet-50 summary (run from the repository root).")
+    d.add_argument("--depth", type=_natural, default=2, help="levels of the ResNet-50 call tree (default 2)")
     d.set_defaults(run=cmd_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help, --version (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
     try:
         return args.run(args)
-    except (InspectorError, ValueError) as exc:
-        sys.stderr.write(f"inspector: error: {exc}\n")
-        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("inspector: interrupted\n")
+        return INTERRUPTED
+    except BrokenPipeError:  # `inspector list | head`: the reader left; nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return OK
+    except Exception as exc:  # noqa: BLE001 - the command line never shows a traceback
+        if os.environ.get("INSPECTOR_DEBUG"):
+            raise
+        kind = "" if isinstance(exc, InspectorError) else f"{type(exc).__name__}: "
+        sys.stderr.write(f"inspector: error: {kind}{first_line(exc)}\n")
+        return USAGE if isinstance(exc, (InspectorError, ValueError, KeyError, ImportError, OSError)) else FAILED
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules import activation, conv, dropout, padding, pooling
 from torch.nn.modules.batchnorm import _NormBase
 
+from inspector.op_formulas import Nested
 from inspector.registry import Registry
 
 Shape = Sequence[int]
@@ -39,9 +40,23 @@ def closed_form(*types: type) -> Callable[[ClosedFormFn], ClosedFormFn]:
     return CLOSED_FORMS.register(*types)
 
 
+BackwardFn = Callable[[Any, ClosedForm, bool], int]
+BACKWARD_FORMS: Registry[type, BackwardFn] = Registry("backward closed form")
+
+
+def closed_form_backward(*types: type) -> Callable[[BackwardFn], BackwardFn]:
+    """Register the backward MACs of layer types: ``fn(module, forward_form, grad_input) -> int``."""
+    return BACKWARD_FORMS.register(*types)
+
+
 def evaluate(module: nn.Module, args: tuple, kwargs: dict, out: tuple) -> ClosedForm | None:
     fn = CLOSED_FORMS.lookup_type(type(module))
     return None if fn is None else fn(module, args, kwargs, out)
+
+
+def evaluate_backward(module: nn.Module, form: ClosedForm | None, grad_input: bool) -> int | None:
+    fn = BACKWARD_FORMS.lookup_type(type(module))
+    return None if fn is None or form is None else fn(module, form, grad_input)
 
 
 def _arg(args: tuple, kwargs: dict, position: int, name: str) -> Any:
@@ -107,6 +122,13 @@ def conv_transpose_form(m: conv._ConvTransposeNd, args: tuple, kwargs: dict, out
     return ClosedForm(macs=batch * math.prod(spatial) * weights, params=weights + _bias(m, m.out_channels))
 
 
+@closed_form_backward(conv._ConvNd, nn.Linear)
+def weight_layer_backward(m: nn.Module, form: ClosedForm, grad_input: bool) -> int:
+    """The input gradient (when the input requires one) and the weight gradient (when the weight is
+    trainable) each take exactly the forward's multiply-accumulates; the bias gradient is a sum."""
+    return form.macs * (int(grad_input) + int(m.weight.requires_grad))
+
+
 # --- dense layers ----------------------------------------------------------------------------------
 
 @closed_form(nn.Linear)
@@ -167,6 +189,8 @@ def rnn_form(m: nn.RNNBase, args: tuple, kwargs: dict, out: tuple) -> ClosedForm
 
 def _seq(shape: Shape, batch_first: bool) -> tuple[int, int]:
     """(batch, length) of an (L, N, E) / (N, L, E) / unbatched (L, E) sequence."""
+    if isinstance(shape, Nested):
+        raise TypeError("nested input: use _sequences")
     if len(shape) == 2:
         return 1, shape[0]
     return (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
@@ -197,7 +221,13 @@ def _ffn_macs(layer: nn.Module, tokens: int) -> int:
 
 @closed_form(nn.TransformerEncoderLayer)
 def encoder_layer_form(m: nn.TransformerEncoderLayer, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
+    """Self-attention and feed-forward; on a nested input (a padding mask in eval), each sequence's
+    real tokens only."""
     src = _arg(args, kwargs, 0, "src")
+    if isinstance(src, Nested):
+        return ClosedForm(macs=sum(mha_macs(m.self_attn, (1, *s), (1, *s)) if m.self_attn.batch_first else
+                                   mha_macs(m.self_attn, (s[0], 1, s[1]), (s[0], 1, s[1])) for s in src)
+                          + _ffn_macs(m, sum(s[0] for s in src)))
     batch, length = _seq(src, m.self_attn.batch_first)
     return ClosedForm(macs=mha_macs(m.self_attn, src, src) + _ffn_macs(m, batch * length))
 

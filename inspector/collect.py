@@ -1,43 +1,53 @@
-"""Collection: run the model once under forward hooks and an aten dispatch mode.
+"""Collection: run the model under two process-wide module hooks and an aten dispatch mode.
 
-Hooks keep a stack of the module calls in progress; every aten op the forward runs is charged to
-the innermost one, with the MACs its registered formula gives. The collector knows nothing about
-tables, closed forms or totals: it returns raw frames.
+The hooks keep a stack of the module calls in progress (one ``Frame`` per call); every aten op the
+forward runs is charged to the innermost call, with the MACs its formula gives. The collector knows
+nothing about tables, closed forms or totals: it returns a frozen :class:`Collection`.
+
+Hooks are registered once for the whole process (``register_module_forward_pre_hook`` and an
+``always_call`` forward hook), not once per module: attaching costs the same for 10 or 10,000
+modules, the pre-hook runs before any hook of the user's (so an error there is charged to the
+right layer), and the post-hook also runs when a forward raises (so a parent that catches a child's
+exception is charged its own work again). Calls of modules outside the model, or from another
+thread, are ignored.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_forward_hook
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from inspector.op_formulas import MATMUL_LIKE, OP_FORMULAS
+from inspector import op_formulas
+from inspector.conventions import Convention
+from inspector.op_formulas import MATMUL_LIKE, Nested
 from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
+_FAILED = object()
 
 
 class Frame:
-    """One module call while it is being collected (mutable; frozen into a LayerRecord later).
+    """One module call while it is collected; read-only once the collection is returned.
 
-    ``args``/``kwargs`` hold shapes (see ``_shape_of``), never the tensors themselves. A plain class
+    ``args``/``kwargs`` hold shapes (see ``shape_of``), never the tensors themselves. A plain class
     with slots: one is made per module call, on the hot path."""
 
-    __slots__ = ("index", "name", "module", "depth", "parent", "call", "args", "kwargs", "input_shapes",
-                 "input_dtypes", "input_bytes", "outputs", "output_bytes", "macs", "ops", "start", "end", "time_s")
+    __slots__ = ("index", "module", "name", "depth", "parent", "call", "args", "kwargs", "input_shapes",
+                 "input_dtypes", "input_bytes", "outputs", "output_bytes", "macs", "flops", "ops", "failed",
+                 "hook_macs", "grad_input", "bw_macs", "bw_flops", "bw_ops", "saved_bytes", "recompute_macs")
 
-    def __init__(self, index: int, name: str, module: nn.Module, depth: int, parent: int | None,
-                 call: int) -> None:
+    def __init__(self, index: int, module: nn.Module, name: str, depth: int, parent: int | None, call: int) -> None:
         self.index = index
-        self.name = name
         self.module = module
+        self.name = name
         self.depth = depth
         self.parent = parent
         self.call = call
@@ -49,44 +59,87 @@ class Frame:
         self.outputs: tuple[Shape, ...] = ()
         self.output_bytes = 0
         self.macs = 0
+        self.flops = 0          # elementwise FLOPs of the convention in force (0 under "matmul")
         self.ops: dict[str, list[int]] = {}
-        self.start: Any = None  # clock marks (floats on CPU, CUDA events on GPU); see timing.Clock
-        self.end: Any = None
-        self.time_s: float | None = None
+        self.failed = False
+        self.hook_macs = 0      # work done by the module's own pre-hooks (not its forward)
+        self.grad_input = False  # some tensor input required grad (its gradient is computed in backward)
+        self.bw_macs = 0
+        self.bw_flops = 0
+        self.bw_ops: dict[str, list[int]] = {}
+        self.saved_bytes = 0    # activations autograd saved for backward during this call
+        self.recompute_macs = 0  # forward work recomputed in backward (activation checkpointing)
 
 
-def _shape_of(value: Any) -> Any:
-    """Tensor -> its shape; PackedSequence -> its data's shape; sequences mapped; others kept."""
+def _tensor_shape(t: torch.Tensor) -> Any:
+    try:
+        return t.shape
+    except RuntimeError:  # nested tensors have no single shape
+        return Nested(tuple(tuple(s) for s in t._nested_tensor_size().tolist())) if t.device.type != "meta" \
+            else Nested(())
+
+
+def _numel(t: torch.Tensor) -> int:
+    try:
+        return t.numel()
+    except RuntimeError:
+        return 0
+
+
+def shape_of(value: Any) -> Any:
+    """Tensor -> its shape; PackedSequence -> its data's shape; sequences of tensors mapped; plain
+    scalars and strings kept; anything else None."""
     if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
+        return _tensor_shape(value)
     if isinstance(value, nn.utils.rnn.PackedSequence):
         return tuple(value.data.shape)
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-        return tuple(tuple(v.shape) for v in value)
+        return tuple(_tensor_shape(v) for v in value)
     return value if isinstance(value, (int, float, bool, str, type(None))) else None
 
 
-def _tensor_leaves(value: Any) -> list[torch.Tensor]:
+def tensor_leaves(value: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Every tensor in nested tuples, lists, dicts and dataclass-like outputs (ModelOutput is a dict)."""
+    out = [] if out is None else out
     if isinstance(value, torch.Tensor):
-        return [value]
-    return [leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+        out.append(value)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif v is not None and not isinstance(v, (int, float, str, bool)):
+                tensor_leaves(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            tensor_leaves(v, out)
+    elif isinstance(value, nn.utils.rnn.PackedSequence):
+        out.append(value.data)
+    return out
 
 
-def _all_tensors(args: tuple) -> bool:
-    return all(isinstance(a, torch.Tensor) for a in args)
+def _nbytes(tensors: list[torch.Tensor]) -> int:
+    return sum(_numel(t) * t.element_size() for t in tensors)
 
 
 def _op_shapes(value: Any) -> Any:
-    """Arguments as op formulas see them: tensors become ``torch.Size``, lists of tensors tuples."""
+    """Arguments as op formulas see them: tensors become shapes, lists of tensors tuples of shapes."""
     if isinstance(value, torch.Tensor):
-        return value.shape
+        return _tensor_shape(value)
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-        return tuple(v.shape for v in value)
+        return tuple(_tensor_shape(v) for v in value)
     return value
 
 
-class _Live:
-    """Bytes of tensors created during the forward and still alive.
+def _out_shapes(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return _tensor_shape(out)
+    if isinstance(out, (tuple, list)):
+        return tuple(_tensor_shape(o) if isinstance(o, torch.Tensor) else o for o in out)
+    return out
+
+
+class Live:
+    """Bytes of tensors created while counting and still alive, and their peak.
 
     Each tracked tensor gets a plain weak reference whose callback subtracts its bytes when it dies
     (``weakref.finalize`` does the same at ten times the cost per tensor)."""
@@ -99,7 +152,7 @@ class _Live:
         self._refs: dict[int, tuple[weakref.ref, int]] = {}
 
     def add(self, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
+        nbytes = _numel(tensor) * tensor.element_size()
         ref = weakref.ref(tensor, self._free)
         self._refs[id(ref)] = (ref, nbytes)
         self.now += nbytes
@@ -111,17 +164,50 @@ class _Live:
         if entry is not None:
             self.now -= entry[1]
 
+    def reset_peak(self) -> None:
+        self.peak = self.now
 
-@dataclass
-class _OpInfo:
+
+#: Kernels that write running statistics without declaring it in their schema: (training-flag
+#: position, written argument positions).
+_UNDECLARED_WRITES = {"native_batch_norm": (5, (3, 4)), "cudnn_batch_norm": (5, (3, 4)),
+                      "miopen_batch_norm": (5, (3, 4))}
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What the counter needs to know about one op overload, worked out once per process and table."""
+
     name: str
     formula: Callable[..., int] | None
+    extra: Callable[..., int] | None   # the convention's elementwise cost
     allocates: bool
-    suspicious: bool
+    suspicious: bool                   # matmul-like by name, yet no formula
+    writes: tuple[Any, ...]            # argument positions (int) and names (str) the op writes
+    undeclared: tuple[int, tuple[int, ...]] | None
+    data_dependent: bool
+
+
+def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
+    name = f"{func.namespace}.{func._schema.name.split('::')[-1]}"
+    formula = op_formulas.lookup(table, func)
+    schema = func._schema
+    aliases = func.is_view or any(r.alias_info is not None for r in schema.returns)
+    writes = tuple(a.name if a.kwarg_only else i for i, a in enumerate(schema.arguments)
+                   if a.alias_info is not None and a.alias_info.is_write)
+    tags = getattr(func, "tags", ())
+    return OpInfo(name=name, formula=formula, extra=convention.extra(func) if convention.extra else None,
+                  allocates=not aliases, suspicious=formula is None and bool(MATMUL_LIKE.search(name)),
+                  writes=writes, undeclared=_UNDECLARED_WRITES.get(schema.name.split("::")[-1]),
+                  data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags)
+
+
+WriteGuard = Callable[[torch.Tensor], None]
 
 
 class OpCounter(TorchDispatchMode):
-    """Charges every aten op to the innermost module call on ``stack``."""
+    """Charges every aten op to the innermost module call on ``stack`` (forward) or on the backward
+    stack (see ``training``), and saves model tensors before the first write to them (``guard``)."""
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -129,136 +215,247 @@ class OpCounter(TorchDispatchMode):
         # we never run under torch.compile (compiled models are inspected through their eager module).
         return False
 
-    def __init__(self, stack: list[Frame], track_memory: bool = True) -> None:
+    def __init__(self, stack: list[Frame], table: dict, convention: Convention, guard: WriteGuard | None = None,
+                 track_memory: bool = True, infos: dict | None = None) -> None:
         super().__init__()
         self.stack = stack
+        self.table = table
+        self.convention = convention
+        self.guard = guard
         self.track_memory = track_memory
-        self.live = _Live()
+        self.live = Live()
         self.uncounted: dict[str, int] = {}
-        self._info: dict[Any, _OpInfo] = {}
+        self.formula_errors: dict[str, str] = {}
+        self.failed_op: str | None = None
+        self.backward = False
+        self.bw_stack: list[Frame] = []
+        self._info: dict[Any, OpInfo] = {} if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
-        self.outside = Frame(-1, "", nn.Identity(), 0, None, 0)
-
-    def _describe(self, func: Any) -> _OpInfo:
-        name = f"{func.namespace}.{func._schema.name.split('::')[-1]}"
-        formula = OP_FORMULAS.get(func.overloadpacket)
-        aliases = func.is_view or any(r.alias_info is not None for r in func._schema.returns)
-        info = _OpInfo(name, formula, not aliases, formula is None and bool(MATMUL_LIKE.search(name)))
-        self._info[func] = info
-        return info
+        self.outside = Frame(-1, nn.Identity(), "", 0, None, 0)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **kwargs) if kwargs else func(*args)
-        info = self._info.get(func) or self._describe(func)
-        frame = self.stack[-1] if self.stack else self.outside
-        macs = 0
-        if info.formula is not None:
-            macs = info.formula(*map(_op_shapes, args), out=_out_shapes(out),
-                                **({k: _op_shapes(v) for k, v in kwargs.items()} if kwargs else {}))
-            frame.macs += macs
+        info = self._info.get(func)
+        if info is None:
+            info = self._info[func] = describe(func, self.table, self.convention)
+        if self.guard is not None and (info.writes or info.undeclared):
+            self._before_write(info, args, kwargs)
+        try:
+            out = func(*args, **kwargs) if kwargs else func(*args)
+        except Exception:
+            self.failed_op = info.name
+            raise
+        if self.backward:
+            frame = self.bw_stack[-1] if self.bw_stack else self.outside
+            ops = frame.bw_ops
+        else:
+            frame = self.stack[-1] if self.stack else self.outside
+            ops = frame.ops
+        macs = flops = 0
+        if info.formula is not None or info.extra is not None:
+            macs, flops = self._count(info, args, kwargs, out)
+            if self.backward:
+                frame.bw_macs += macs
+                frame.bw_flops += flops
+            else:
+                frame.macs += macs
+                frame.flops += flops
         elif info.suspicious:
             self.uncounted[info.name] = self.uncounted.get(info.name, 0) + 1
-        stat = frame.ops.get(info.name)
+        stat = ops.get(info.name)
         if stat is None:
-            frame.ops[info.name] = [1, macs]
+            ops[info.name] = [1, macs]
         else:
             stat[0] += 1
             stat[1] += macs
         if self.track_memory and info.allocates:
-            self._track(out)
+            if isinstance(out, torch.Tensor):
+                self.live.add(out)
+            elif isinstance(out, (tuple, list)):
+                for t in out:
+                    if isinstance(t, torch.Tensor):
+                        self.live.add(t)
         return out
 
-    def _track(self, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            self.live.add(out)
-        elif isinstance(out, (tuple, list)):
-            for t in out:
-                if isinstance(t, torch.Tensor):
-                    self.live.add(t)
+    def _count(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> tuple[int, int]:
+        shapes = [_op_shapes(a) for a in args]
+        kw = {k: _op_shapes(v) for k, v in kwargs.items()} if kwargs else {}
+        out_shape = _out_shapes(out)
+        macs = flops = 0
+        try:
+            if info.formula is not None:
+                macs = int(info.formula(*shapes, out_shape=out_shape, **kw))
+            if info.extra is not None:
+                flops = int(info.extra(*shapes, out_shape=out_shape, **kw))
+        except Exception as exc:  # noqa: BLE001 - a formula's failure is reported, never the model's
+            self.formula_errors.setdefault(info.name, f"{type(exc).__name__}: {exc}")
+            return 0, 0
+        return macs, flops
+
+    def _before_write(self, info: OpInfo, args: tuple, kwargs: dict | None) -> None:
+        guard = self.guard
+        targets: list[Any] = []
+        for w in info.writes:
+            if isinstance(w, int):
+                if w < len(args):
+                    targets.append(args[w])
+            elif kwargs and w in kwargs:
+                targets.append(kwargs[w])
+        if info.undeclared is not None:
+            flag, positions = info.undeclared
+            if len(args) > flag and args[flag]:
+                targets.extend(args[p] for p in positions if p < len(args))
+        for target in targets:
+            if isinstance(target, torch.Tensor):
+                guard(target)  # type: ignore[misc]
+            elif isinstance(target, (list, tuple)):
+                for t in target:
+                    if isinstance(t, torch.Tensor):
+                        guard(t)  # type: ignore[misc]
 
 
-def _out_shapes(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.shape
-    if isinstance(out, (tuple, list)):
-        return tuple(o.shape if isinstance(o, torch.Tensor) else o for o in out)
-    return out
+@dataclass(frozen=True)
+class Collection:
+    """What one counted pass saw: a frame per module call (execution order), the ops run outside
+    any call, peak live bytes, and the ops that could not be counted."""
+
+    frames: tuple[Frame, ...]
+    outside: Frame
+    peak_bytes: int
+    uncounted: dict[str, int] = field(default_factory=dict)
+    formula_errors: dict[str, str] = field(default_factory=dict)
 
 
 class Collector:
-    """Forward hooks pushing and popping frames on a shared stack: a pre-hook on every module (it
-    sees the call's keyword arguments), and one process-wide post-hook for the whole tree, which
-    halves what attaching and removing hooks costs on large models (1,340 handles on maxvit_t: 3 ms).
-    The post-hook ignores modules outside the tree (another model running meanwhile)."""
+    """The two process-wide hooks, pushing and popping frames on a stack shared with the counter."""
 
-    def __init__(self, tree: ModelTree, timer: Callable[[], Any] | None = None) -> None:
+    def __init__(self, tree: ModelTree, timer: Callable[[], Any] | None = None, capture: bool = True) -> None:
         self.tree = tree
-        self._ids = {id(m) for _, m in tree.modules}
+        self.names = tree.first_names
+        self.shared = tree.shared_ids
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
         self.timer = timer
+        self.capture = capture  # record shapes (counting); off for timed passes
+        self.marks: list[tuple[Any, Any]] = []
+        self.on_post: list[Callable[[Frame, tuple, dict | None, Any], None]] = []
+        self.on_pre: list[Callable[[nn.Module], bool]] = []
         self._calls: dict[int, int] = {}
+        self._thread = threading.get_ident()
+        self.failed: Frame | None = None  # the innermost call a forward raised in
 
-    def _pre(self, name: str, depth: int) -> Callable:
-        frames, stack, calls, timer = self.frames, self.stack, self._calls, self.timer
+    def _name(self, module: nn.Module, name: str) -> str:
+        """A module reachable under several names is named by the parent that called it."""
+        parent = self.stack[-1] if self.stack else None
+        if parent is not None:
+            for child_name, child in parent.module._modules.items():
+                if child is module:
+                    return f"{parent.name}.{child_name}" if parent.name else child_name
+        return name
 
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            key = id(module)
-            call = calls.get(key, 0)
-            calls[key] = call + 1
-            frame = Frame(len(frames), name, module, depth, stack[-1].index if stack else None, call)
-            if not kwargs and _all_tensors(args):  # the common case: shapes are the arguments' own
-                frame.args = frame.input_shapes = tuple(a.shape for a in args)
-                leaves = args
-            else:
-                leaves = _tensor_leaves((args, kwargs))
-                frame.args = tuple(_shape_of(a) for a in args)
-                frame.kwargs = {k: _shape_of(v) for k, v in kwargs.items()}
-                frame.input_shapes = tuple(t.shape for t in leaves)
-            frame.input_dtypes = tuple(t.dtype for t in leaves)
-            frame.input_bytes = sum(t.numel() * t.element_size() for t in leaves)
-            frames.append(frame)
-            stack.append(frame)
-            if timer is not None:
-                frame.start = timer()
-        return hook
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        name = self.names.get(id(module))
+        if name is None or threading.get_ident() != self._thread:
+            return
+        for claim in self.on_pre:  # backward recomputation claims its calls (see training)
+            if claim(module):
+                return
+        if id(module) in self.shared:
+            name = self._name(module, name)
+        stack = self.stack
+        key = id(module)
+        call = self._calls.get(key, 0)
+        self._calls[key] = call + 1
+        parent = stack[-1] if stack else None
+        frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent is not None else 0,
+                      parent.index if parent is not None else None, call)
+        self.frames.append(frame)
+        stack.append(frame)
+        if self.timer is not None:
+            self.marks.append((self.timer(), None))
 
-    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _post(self, module: nn.Module, args: tuple, *rest: Any) -> None:
         end = self.timer() if self.timer is not None else None
-        if id(module) not in self._ids:
+        if len(rest) == 2:
+            kwargs, output = rest
+        else:  # torch calls always_call hooks without kwargs when the forward raised
+            kwargs, output = None, _FAILED
+        if id(module) not in self.names or threading.get_ident() != self._thread:
             return
         stack = self.stack
-        while stack:  # a child whose exception the parent caught never popped itself
-            frame = stack.pop()
-            if frame.module is module:
-                break
-        else:
+        if not stack or stack[-1].module is not module:
+            if not any(f.module is module for f in stack):
+                return  # a call claimed elsewhere (recomputation), or never pushed
+            while stack[-1].module is not module:  # defensive: calls that never closed
+                stack.pop()
+        frame = stack.pop()
+        if self.timer is not None:
+            start = self.marks[frame.index][0]
+            self.marks[frame.index] = (start, end)
+        if output is _FAILED:
+            frame.failed = True
+            if self.failed is None:
+                self.failed = frame
+            if self.capture:
+                self._inputs(frame, args, None)
             return
-        if isinstance(output, torch.Tensor):
-            frame.outputs = (output.shape,)
-            frame.output_bytes = output.numel() * output.element_size()
+        if self.failed is not None and self._below(self.failed, frame):
+            self.failed = None  # this call caught its descendant's exception and went on
+        if self.capture:
+            self._inputs(frame, args, kwargs)
+            if isinstance(output, torch.Tensor):
+                frame.outputs = (_tensor_shape(output),)
+                frame.output_bytes = _numel(output) * output.element_size()
+            else:
+                leaves = tensor_leaves(output)
+                frame.outputs = tuple(_tensor_shape(t) for t in leaves)
+                frame.output_bytes = _nbytes(leaves)
+        for callback in self.on_post:
+            callback(frame, args, kwargs, output)
+
+    def _below(self, frame: Frame, ancestor: Frame) -> bool:
+        while frame.parent is not None:
+            if frame.parent == ancestor.index:
+                return True
+            frame = self.frames[frame.parent]
+        return False
+
+    @staticmethod
+    def _inputs(frame: Frame, args: tuple, kwargs: dict | None) -> None:
+        if not kwargs and all(isinstance(a, torch.Tensor) for a in args):  # the common case
+            leaves = list(args)
+            frame.args = frame.input_shapes = tuple(_tensor_shape(a) for a in args)
         else:
-            leaves = _tensor_leaves(output)
-            frame.outputs = tuple(t.shape for t in leaves)
-            frame.output_bytes = sum(t.numel() * t.element_size() for t in leaves)
-        frame.end = end
+            leaves = tensor_leaves((args, kwargs or {}))
+            frame.args = tuple(shape_of(a) for a in args)
+            frame.kwargs = {k: shape_of(v) for k, v in (kwargs or {}).items()}
+            frame.input_shapes = tuple(_tensor_shape(t) for t in leaves)
+        frame.input_dtypes = tuple(t.dtype for t in leaves)
+        frame.input_bytes = _nbytes(leaves)
+        frame.grad_input = any(t.requires_grad for t in leaves)
 
     @contextmanager
     def hooks(self) -> Iterator[None]:
-        """Attach the hooks; they are removed on exit, also when the forward raised."""
-        handles = []
+        """Attach the two hooks (plus a marker on modules with pre-hooks of their own); removed on
+        exit, also when the forward raised."""
+        handles = [register_module_forward_pre_hook(self._pre),
+                   register_module_forward_hook(self._post, with_kwargs=True, always_call=True)]
         try:
-            for name, module in self.tree.modules:
-                depth = name.count(".") + 1 if name else 0
-                handles.append(module.register_forward_pre_hook(self._pre(name, depth), with_kwargs=True))
-            handles.append(register_module_forward_hook(self._post))
+            for module in self.tree.with_pre_hooks:
+                handles.append(module.register_forward_pre_hook(self._forward_starts))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
+    def _forward_starts(self, module: nn.Module, args: tuple) -> None:
+        """Runs after the module's own pre-hooks: what they computed is not the layer's forward."""
+        if self.stack and self.stack[-1].module is module:
+            self.stack[-1].hook_macs = self.stack[-1].macs
+
     def failing_frame(self) -> Frame | None:
-        """The innermost module call still open: where a forward that raised failed."""
-        return self.stack[-1] if self.stack else None
+        """The innermost module call a forward raised in (or the innermost one still open)."""
+        return self.failed if self.failed is not None else (self.stack[-1] if self.stack else None)
 
-
+    def collection(self, counter: OpCounter) -> Collection:
+        return Collection(frames=tuple(self.frames), outside=counter.outside, peak_bytes=counter.live.peak,
+                          uncounted=dict(counter.uncounted), formula_errors=dict(counter.formula_errors))

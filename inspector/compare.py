@@ -1,4 +1,4 @@
-"""Side-by-side comparison of many models, torchvision's published figures alongside."""
+"""Side-by-side comparison of models from any source, published figures alongside where a source has them."""
 from __future__ import annotations
 
 import csv
@@ -9,11 +9,10 @@ from typing import Any
 
 from torch import nn
 
-from inspector.api import inspect
-from inspector.errors import InspectorError
-from inspector.render import human, tabulate
-
-_METRIC_ORDER = ("acc@1", "box_map", "miou", "epe", "kp_map", "mask_map")
+from inspector import inspect_spec
+from inspector.errors import InspectorError, first_line
+from inspector.render import size, tabulate
+from inspector.sources import ModelSpec, Published, load
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,7 @@ class ComparisonRow:
     layers: int | None = None
     input_shape: str | None = None
     device: str | None = None
+    complete: bool | None = None
     published_params: int | None = None
     published_gmacs: float | None = None
     metric: str | None = None
@@ -92,6 +92,8 @@ class Comparison:
                     values[key] = None
                 elif kind.startswith("int"):
                     values[key] = int(value)
+                elif kind.startswith("bool"):
+                    values[key] = value == "True"
                 elif kind.startswith("float"):
                     values[key] = float(value)
                 else:
@@ -108,89 +110,92 @@ class Comparison:
                 rows.append([r.name, "failed", *["-"] * 8])
                 continue
             rows.append([
-                r.name, f"{r.params:,}", f"{r.macs / 1e9:.3f}",
+                r.name, f"{r.params:,}", "-" if r.macs is None else f"{r.macs / 1e9:.3f}",
                 "-" if r.published_gmacs is None else f"{r.published_gmacs:.3f}",
                 "-" if r.macs_diff_pct is None else f"{r.macs_diff_pct:+.2f}",
-                human(r.param_bytes, "B"), human(r.peak_activation_bytes, "B"), str(r.layers),
+                size(r.param_bytes), size(r.peak_activation_bytes), str(r.layers),
                 "-" if r.metric is None else f"{r.metric} {r.metric_value:g}", r.input_shape or "-",
             ])
         failures = [f"{r.name} failed: {r.error}" for r in self.rows if r.error]
+        failures += [f"{r.name}: INCOMPLETE, some matmul-like ops were not counted (see its summary)"
+                     for r in self.rows if r.complete is False]
         return "\n".join([tabulate(rows, headers, tablefmt), *failures])
 
     def __str__(self) -> str:
         return self.table()
 
 
-def _published(name: str) -> dict[str, Any]:
-    from models import zoo
-
-    e = zoo.entry(name)
-    metric = next((m for m in _METRIC_ORDER if m in e.metrics), next(iter(e.metrics), None))
-    return {"family": e.family, "published_params": e.num_params, "published_gmacs": e.gmacs,
-            "metric": metric, "metric_value": None if metric is None else e.metrics[metric]}
-
-
-def _zoo_device(name: str, device: Any) -> str:
-    from models import zoo
-
-    family = zoo.entry(name).family
-    if family == "quantization":
-        return "cpu"  # quantized kernels exist on the CPU only
-    if family == "detection" and str(device) == "meta":
-        return "cpu"  # data-dependent ops (nonzero, NMS) cannot run on meta
-    return str(device or "cpu")
+def _spec(item: Any, device: Any, options: dict[str, Any]) -> ModelSpec:
+    """A model spec from a name (any source), a module, a ModelSpec, ``(name, module[, inputs])``."""
+    if isinstance(item, ModelSpec):
+        return item
+    if isinstance(item, str):
+        return load(item, device=device or "cpu", **options)
+    if isinstance(item, nn.Module):
+        return ModelSpec(name=type(item).__name__, module=item)
+    name, *rest = item
+    spec = rest[0] if len(rest) == 1 else tuple(rest)
+    if isinstance(spec, tuple):
+        module, inputs = spec[0], (spec[1] if len(spec) > 1 else None)
+    else:
+        module, inputs = spec, None
+    args = None if inputs is None else (inputs if type(inputs) is tuple else (inputs,))
+    return ModelSpec(name=name, module=module, args=args)
 
 
-def _row(name: str, model: nn.Module | None, inputs: Any, device: Any) -> ComparisonRow:
-    from models import zoo
+def _name_of(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, ModelSpec):
+        return item.name
+    if isinstance(item, nn.Module):
+        return type(item).__name__
+    return str(item[0])
 
-    published: dict[str, Any] = {}
+
+def _row(item: Any, device: Any, options: dict[str, Any]) -> ComparisonRow:
+    name = _name_of(item)
+    published = Published()
     try:
-        if model is None:
-            zoo.check_name(name)
-            published = _published(name)
-            device = _zoo_device(name, device)
-            model = zoo.torchvision_model(name, device=device)
-            inputs = zoo.example_inputs(name, device)
-        report = inspect(model, inputs, device=device)
-    except (InspectorError, RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
-        return ComparisonRow(name=name, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                             **published)
+        spec = _spec(item, device, options)
+        published = spec.published
+        report = inspect_spec(spec, device=spec.device or device)
+    except (InspectorError, RuntimeError, ValueError, TypeError, NotImplementedError, ImportError) as exc:
+        return ComparisonRow(name=name, error=f"{type(exc).__name__}: {first_line(exc)}", **_published(published))
     diff_pct = None
-    if published.get("published_gmacs"):
-        diff_pct = 100 * (report.total_macs / 1e9 / published["published_gmacs"] - 1)
+    if published.gmacs and report.total_macs is not None:
+        diff_pct = 100 * (report.total_macs / 1e9 / published.gmacs - 1)
     return ComparisonRow(
         name=name, params=report.total_params, trainable_params=report.trainable_params,
         macs=report.total_macs, flops=report.total_flops, param_bytes=report.param_bytes,
         peak_activation_bytes=report.peak_activation_bytes, layers=sum(r.is_leaf for r in report.layers),
         input_shape="x".join(map(str, report.input_shapes[0])) if report.input_shapes else None,
-        device=report.device,
-        params_diff=None if "published_params" not in published else report.total_params - published["published_params"],
-        macs_diff_pct=diff_pct, **published)
+        device=report.device, complete=report.complete,
+        params_diff=None if published.num_params is None else report.total_params - published.num_params,
+        macs_diff_pct=diff_pct, **_published(published))
+
+
+def _published(p: Published) -> dict[str, Any]:
+    return {"family": p.family, "published_params": p.num_params, "published_gmacs": p.gmacs, "metric": p.metric,
+            "metric_value": p.metric_value}
 
 
 def compare(models: Iterable[Any] | Mapping[str, Any], *, device: Any = None,
-            progress: Callable[[int, int, str], None] | None = None) -> Comparison:
+            progress: Callable[[int, int, str], None] | None = None, batch: int | None = None,
+            seq_len: int | None = None) -> Comparison:
     """Inspect each model and line them up.
 
-    ``models``: torchvision names, modules, ``(name, module)`` or ``(name, module, inputs)`` tuples,
-    or a dict name -> module or (module, inputs). A model that fails gets a row with ``error`` set;
-    the others go on. ``progress(done, total, name)`` is called after each model.
+    ``models``: names from any source (``resnet50``, ``timm:convnext_tiny``, ``hf:dir``, ``net.py:Net``),
+    modules, ModelSpecs, ``(name, module)`` or ``(name, module, inputs)`` tuples, or a dict name ->
+    module or (module, inputs). A model that fails gets a row with ``error`` set; the others go on.
+    ``progress(done, total, name)`` is called after each model.
     """
-    items = list(models.items()) if isinstance(models, Mapping) else list(models)
+    items = [(k, *(v if isinstance(v, tuple) else (v,))) for k, v in models.items()] \
+        if isinstance(models, Mapping) else list(models)
+    options = {k: v for k, v in (("batch", batch), ("seq_len", seq_len)) if v is not None}
     rows = []
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            name, model, inputs = item, None, None
-        elif isinstance(item, nn.Module):
-            name, model, inputs = type(item).__name__, item, None
-        else:
-            name, spec = item[0], item[1:] if len(item) > 2 else item[1]
-            if isinstance(spec, tuple):
-                model, inputs = spec[0], (spec[1] if len(spec) > 1 else None)
-            else:
-                model, inputs = spec, None
-        rows.append(_row(name, model, inputs, device))
+        rows.append(_row(item, device, options))
         if progress is not None:
-            progress(i + 1, len(items), name)
+            progress(i + 1, len(items), _name_of(item))
     return Comparison(rows)

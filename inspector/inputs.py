@@ -1,33 +1,77 @@
-"""Turning what the user handed over into positional and keyword inputs on the right device."""
+"""Turning what the user handed over into positional and keyword inputs on the right device.
+
+Inputs as users hold them: a tensor, a tuple of positional inputs, a mapping of keyword inputs
+(what a tokenizer returns), or nothing. With nothing, an input is inferred only where the model
+says what it takes: its own ``example_input()``, torchvision's published conventions, or a first
+layer whose input is fixed by its configuration (``Linear``, or a convolution at 224 pixels). An
+inferred input is marked as such, and if it fails the report counts parameters only and says why.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from inspector.errors import InputError
 from inspector.tree import ModelTree
 
-_FIRST_LAYER_SIZES: dict[type, tuple[int, ...]] = {
-    nn.Conv1d: (1, -1, 224), nn.Conv2d: (1, -1, 224, 224), nn.Conv3d: (1, -1, 16, 112, 112),
-    nn.Linear: (1, -1),
-}
+_INT_DTYPES = {"int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32}
+_FLOAT_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
+                 "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_CONV_SIDES = {nn.Conv1d: (224,), nn.Conv2d: (224, 224), nn.Conv3d: (16, 112, 112)}
+#: Layers whose cost depends on a length only the caller knows: no input is invented for them.
+_SEQUENCE_FIRST = (nn.RNNBase, nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention, nn.TransformerEncoderLayer,
+                   nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
 
 
-def validate_size(input_size: Any) -> tuple[int, ...]:
-    """``input_size`` as a tuple of positive ints, or an InputError saying which entry is wrong."""
-    if isinstance(input_size, int):
+@dataclass(frozen=True)
+class Inputs:
+    """Positional and keyword inputs, where they came from, and whether the tool invented them."""
+
+    args: tuple[Any, ...] | None     # None: nothing to run (parameters only)
+    kwargs: dict[str, Any]
+    notes: tuple[str, ...] = ()
+    invented: bool = False
+
+
+def parse_size(input_size: Any) -> tuple[tuple[int, ...], torch.dtype | None]:
+    """``input_size`` as (shape, dtype): ``(1, 3, 224, 224)``, or ``((1, 128), "int64")`` for token ids."""
+    dtype = None
+    if (isinstance(input_size, tuple) and len(input_size) == 2 and isinstance(input_size[0], (tuple, list))
+            and isinstance(input_size[1], (str, torch.dtype))):
+        input_size, dtype = input_size
+        dtype = _dtype(dtype)
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
         input_size = (input_size,)
     if not isinstance(input_size, Sequence) or isinstance(input_size, str) or not input_size:
-        raise InputError(f"input_size must be a non-empty sequence of positive ints, got {input_size!r}")
+        raise InputError(f"input_size must be a non-empty sequence of positive ints (optionally with a dtype: "
+                         f"((1, 128), 'int64')), got {input_size!r}")
     for i, dim in enumerate(input_size):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise InputError(f"input_size[{i}] = {dim!r} in {tuple(input_size)!r}: every dimension must be "
                              "a positive int")
-    return tuple(input_size)
+    return tuple(input_size), dtype
+
+
+def _dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    found = _INT_DTYPES.get(str(dtype)) or _FLOAT_DTYPES.get(str(dtype))
+    if found is None:
+        raise InputError(f"input dtype {dtype!r} is not one of {', '.join([*_FLOAT_DTYPES, *_INT_DTYPES])}")
+    return found
+
+
+def random_input(shape: tuple[int, ...], dtype: torch.dtype | None, device: torch.device, model: nn.Module,
+                 float_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Random floats, or token ids below the first embedding's vocabulary, made on ``device`` directly."""
+    if dtype is not None and not dtype.is_floating_point:
+        vocab = next((m.num_embeddings for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))), 2)
+        return torch.randint(0, vocab, shape, dtype=dtype, device=device)
+    return torch.randn(shape, dtype=dtype or float_dtype, device=device)
 
 
 def _torchvision_size(model: nn.Module) -> tuple[int, ...] | None:
@@ -35,69 +79,84 @@ def _torchvision_size(model: nn.Module) -> tuple[int, ...] | None:
     module = type(model).__module__
     if not module.startswith("torchvision.models"):
         return None
-    side = getattr(model, "image_size", None) or getattr(model, "transform_input", None) and 299
-    if type(model).__name__ == "Inception3":
-        side = 299
-    if ".video" in module:
-        return (1, 3, 16, 112, 112) if ".resnet" in module else (1, 3, 16, 224, 224)
     if ".detection" in module or ".optical_flow" in module:
         return None
-    return (1, 3, int(side or 224), int(side or 224))
+    if ".video" in module:
+        return (1, 3, 16, 112, 112) if ".resnet" in module else (1, 3, 16, 224, 224)
+    side = getattr(model, "image_size", None) or (299 if type(model).__name__ == "Inception3" else 224)
+    return (1, 3, int(side), int(side))
 
 
-def _first_layer_input(model: nn.Module) -> tuple[tuple[Any, ...], str] | None:
-    for name, module in model.named_modules():
-        for cls, template in _FIRST_LAYER_SIZES.items():
-            if type(module) is cls:
-                width = module.in_channels if hasattr(module, "in_channels") else module.in_features
-                size = tuple(width if d == -1 else d for d in template)
-                return (torch.randn(size),), f"input {size} inferred from the first layer {name or 'model'} " \
-                                             f"({type(module).__name__}, {width} in)"
-        if isinstance(module, nn.Embedding):
-            ids = torch.zeros(1, 16, dtype=torch.long)
-            return (ids,), f"input: 16 token ids inferred from the first layer {name} (Embedding)"
+def _first_layer(tree: ModelTree) -> tuple[str, nn.Module] | None:
+    """The first layer in registration order that holds parameters or is a sequence layer."""
+    for name, module in tree.modules:
+        if isinstance(module, _SEQUENCE_FIRST):
+            return name, module
+        if module._parameters and any(p is not None for p in module._parameters.values()):
+            return name, module
     return None
 
 
-def infer_inputs(model: nn.Module) -> tuple[tuple[Any, ...] | None, str]:
+def infer(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> Inputs:
     """Example inputs for a model given without any, and a note saying where they came from."""
+    model = tree.model
     example = getattr(model, "example_input", None)
     if callable(example):
         x = example()
-        return (x if isinstance(x, tuple) else (x,)), f"input {tuple(x.shape)} from {type(model).__name__}." \
-                                                      "example_input()"
-    from models import zoo  # lazy: models imports inspector.errors
-
-    name = zoo.built_as(model)
-    if name is not None:
-        args = zoo.example_inputs(name)
-        return args, f"input {zoo.entry(name).input_size} from {name}'s published weights"
+        args = x if isinstance(x, tuple) else (x,)
+        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+        return Inputs(args, {}, (f"input {shapes} from {type(model).__name__}.example_input()",))
     size = _torchvision_size(model)
     if size is not None:
-        return (torch.rand(size),), f"input {size} from torchvision's convention for {type(model).__name__}"
-    found = _first_layer_input(model)
-    if found is not None:
-        return found
-    return None, ("no input given and none could be inferred: parameters are counted, MACs are not; "
-                  "pass inputs=... or input_size=(...)")
+        return Inputs((torch.rand(size, device=device, dtype=dtype),), {},
+                      (f"input {size} from torchvision's convention for {type(model).__name__}",), invented=True)
+    first = _first_layer(tree)
+    if first is not None:
+        name, layer = first
+        label = f"{name or '(model)'} ({type(layer).__name__})"
+        if isinstance(layer, _SEQUENCE_FIRST):
+            return Inputs(None, {}, (f"no input given: the first layer {label} takes sequences whose length "
+                                     "sets the cost; pass inputs=... (token ids, or (batch, length, features))",))
+        size = None
+        if type(layer) in _CONV_SIDES:
+            size = (1, layer.in_channels, *_CONV_SIDES[type(layer)])
+        elif type(layer) is nn.Linear:
+            size = (1, layer.in_features)
+        if size is not None:
+            return Inputs((torch.randn(size, device=device, dtype=dtype),), {},
+                          (f"input {size} invented from the first layer {label}",), invented=True)
+    return Inputs(None, {}, ("no input given and none could be inferred: parameters are counted, MACs are not; "
+                             "pass inputs=... or input_size=(...)",))
 
 
-def resolve(model: nn.Module, inputs: Any, kwargs: dict[str, Any] | None,
-            input_size: Any) -> tuple[tuple[Any, ...] | None, dict[str, Any], list[str]]:
-    """(positional inputs, keyword inputs, notes). A plain tuple is several positional inputs; anything
-    else (a tensor, a list of images, a dict, a PackedSequence or other namedtuple) is one input."""
-    kwargs = dict(kwargs or {})
+def resolve(tree: ModelTree, inputs: Any, kwargs: Mapping[str, Any] | None, input_size: Any,
+            device: torch.device, dtype: torch.dtype | None) -> Inputs:
+    """The run's inputs. A plain tuple is several positional inputs; a mapping is keyword inputs;
+    anything else (a tensor, a list of images, a PackedSequence) is one input."""
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InputError(f"kwargs must be a mapping of keyword inputs, got {type(kwargs).__name__}")
+    kw = dict(kwargs or {})
+    if any(not isinstance(k, str) for k in kw):
+        raise InputError(f"kwargs keys must be argument names (str), got {[k for k in kw if not isinstance(k, str)]}")
     if inputs is not None and input_size is not None:
         raise InputError("give either inputs or input_size, not both")
     if input_size is not None:
-        size = validate_size(input_size)
-        return (torch.randn(size),), kwargs, [f"random float input of size {size}"]
+        shape, in_dtype = parse_size(input_size)
+        x = random_input(shape, in_dtype, device, tree.model, dtype)
+        kind = "token ids" if not x.is_floating_point() else "random float input"
+        return Inputs((x,), kw, (f"{kind} of size {shape}",))
+    if isinstance(inputs, Mapping):
+        if any(not isinstance(k, str) for k in inputs):
+            raise InputError("a mapping passed as inputs holds keyword inputs: its keys must be argument names")
+        overlap = set(inputs) & set(kw)
+        if overlap:
+            raise InputError(f"keyword inputs given twice (in inputs and kwargs): {sorted(overlap)}")
+        return Inputs((), {**inputs, **kw})
     if inputs is not None:
-        return (inputs if type(inputs) is tuple else (inputs,)), kwargs, []
-    if kwargs:
-        return (), kwargs, []
-    args, note = infer_inputs(model)
-    return args, kwargs, [note]
+        return Inputs(inputs if type(inputs) is tuple else (inputs,), kw)
+    if kw:
+        return Inputs((), kw)
+    return infer(tree, device, dtype)
 
 
 def model_device(tree: ModelTree) -> torch.device:
@@ -110,18 +169,32 @@ def model_device(tree: ModelTree) -> torch.device:
     return devices.pop() if devices else torch.device("cpu")
 
 
-def move(tree: Any, device: torch.device, dtype: torch.dtype | None) -> tuple[Any, list[str]]:
-    """Tensors in ``tree`` on ``device`` (floating ones cast to ``dtype``); notes on what moved."""
-    moved: set[str] = set()
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    from inspector.collect import tensor_leaves
 
-    def to(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        cast = dtype if dtype is not None and t.is_floating_point() else None
-        if t.device != device:
-            moved.add(str(t.device))
-        return t.to(device=device, dtype=cast) if (t.device != device or cast is not None) else t
+    return tensor_leaves(value)
 
-    out = tree_map(to, tree)
-    notes = [f"inputs moved from {d} to {device}" for d in sorted(moved)]
-    return out, notes
+
+def move(value: Any, device: torch.device, dtype: torch.dtype | None, moved: set[str]) -> Any:
+    """``value`` with every tensor on ``device`` (floating ones cast to ``dtype``), containers rebuilt
+    (namedtuples and PackedSequence kept whole); the devices tensors came from are added to ``moved``."""
+    if isinstance(value, torch.Tensor):
+        cast = dtype if dtype is not None and value.is_floating_point() else None
+        if value.device != device:
+            moved.add(str(value.device))
+        if value.device == device and (cast is None or cast == value.dtype):
+            return value
+        return value.to(device=device, dtype=cast)
+    if isinstance(value, nn.utils.rnn.PackedSequence):  # .to() keeps batch_sizes on the CPU
+        cast = dtype if dtype is not None and value.data.is_floating_point() else None
+        if value.data.device != device:
+            moved.add(str(value.data.device))
+        return value.to(device=device, dtype=cast or value.data.dtype)
+    if isinstance(value, dict):
+        out = {k: move(v, device, dtype, moved) for k, v in value.items()}
+        return out if type(value) is dict else type(value)(out)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(move(v, device, dtype, moved) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(move(v, device, dtype, moved) for v in value)
+    return value

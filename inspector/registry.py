@@ -32,6 +32,11 @@ class Registry(Generic[K, F]):
             return fn
         return bind
 
+    @property
+    def table(self) -> dict[K, F]:
+        """The mapping itself (read it, never write it: register through the decorator)."""
+        return self._table
+
     def get(self, key: K, default: F | None = None) -> F | None:
         return self._table.get(key, default)
 

@@ -3,7 +3,8 @@
 Times come from hooks only (no op counting while timing), as medians over repeats: ``perf_counter``
 on CPU; on CUDA, an event recorded on the stream at each hook and read after one synchronise per
 pass, so that timing does not stall the GPU between layers. Self-times and their sum are derived
-in ``build`` from these per-call times, like every other inclusive/self figure.
+in ``build`` from these per-call times, like every other inclusive/self figure. Timing returns
+times; it never writes into the counting pass's frames.
 """
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ from typing import Any
 
 import torch
 
-from inspector import borrow
-from inspector.collect import Collector, Frame
-from inspector.errors import InputError
+from inspector.collect import Collector
 from inspector.report import Timing
 from inspector.tree import ModelTree
 
@@ -100,20 +99,6 @@ def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
     return _PEAKS[key]
 
 
-def check_peak(peak: Any) -> tuple[float, float] | str | None:
-    """``peak`` as ``inspect`` takes it, validated before anything runs: (GFLOP/s, GB/s), "measure"
-    or None."""
-    if peak is None or (isinstance(peak, str) and peak == "measure"):
-        return peak
-    try:
-        gflops, gbytes = (float(v) for v in peak)
-    except (TypeError, ValueError):
-        raise InputError(f"peak must be (GFLOP/s, GB/s), 'measure' or None, got {peak!r}") from None
-    if not (gflops > 0 and gbytes > 0):
-        raise InputError(f"peak figures must be positive, got {peak!r}")
-    return gflops, gbytes
-
-
 def with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: torch.device,
               dtype: torch.dtype | None) -> Timing:
     """``timing`` with the roofline's peak: the given one, or measured on ``device`` in ``dtype``."""
@@ -124,34 +109,58 @@ def with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: to
     return replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)
 
 
-def time_layers(tree: ModelTree, state: dict, args: tuple, kwargs: dict, frames: list[Frame], mode: borrow.Mode,
-                repeat: int, warmup: int, device: torch.device) -> Timing:
-    """Median per-call times over ``repeat`` hooked forwards (after ``warmup``) on ``device``, written
-    onto ``frames``; plus the median of plain forwards, so that the distortion hooks add is visible."""
-    if device.type == "meta":
-        raise ValueError("timing needs real arithmetic: use device='cpu' or 'cuda', not 'meta'")
+def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: int, warmup: int,
+               device: torch.device, on_error: Callable[[Collector | None, Exception], Exception] | None = None
+               ) -> tuple[tuple[float | None, ...], Timing]:
+    """Median per-call times (seconds, in collection order) over ``repeat`` hooked passes of
+    ``run`` after ``warmup``, and the median of plain passes beside them, so that the distortion the
+    hooks add is visible. ``calls`` is the number of calls the counted pass made; a timed pass whose
+    calls differ (control flow) cannot be matched and is left out. A pass that raises is turned into
+    ``on_error(collector, exc)`` (the collector of a hooked pass names the layer)."""
     clock = clock_for(device)
-    per_call: list[list[float]] = [[] for _ in frames]
+    per_call: list[list[float]] = [[] for _ in range(calls)]
     plain: list[float] = []
-    model = tree.model
-    with borrow.lent(tree, mode, state), torch.no_grad():
-        for i in range(warmup + repeat):
-            elapsed = _timed(lambda: borrow.call(model, state, args, kwargs), clock)
-            if i >= warmup:
-                plain.append(elapsed)
-        hooked: list[float] = []
-        for i in range(warmup + repeat):
-            collector = Collector(tree, timer=clock.mark)
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeat):
+                elapsed = _timed(run, clock)
+                if i >= warmup:
+                    plain.append(elapsed)
+            hooked = _hooked(tree, run, clock, calls, repeat, warmup, per_call)
+    except _Failed as failed:
+        if on_error is None:
+            raise failed.exc from None
+        raise on_error(failed.collector, failed.exc) from failed.exc
+    except Exception as exc:
+        if on_error is None:
+            raise
+        raise on_error(None, exc) from exc
+    times = tuple(statistics.median(t) if t else None for t in per_call)
+    return times, Timing(device=str(device), repeat=repeat, warmup=warmup,
+                         forward_ms=statistics.median(plain) * 1e3,
+                         hooked_forward_ms=statistics.median(hooked) * 1e3 if hooked else float("nan"),
+                         layer_sum_ms=float("nan"))
+
+
+class _Failed(Exception):
+    def __init__(self, collector: Collector, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.collector, self.exc = collector, exc
+
+
+def _hooked(tree: ModelTree, run: Callable[[], object], clock: Clock, calls: int, repeat: int, warmup: int,
+            per_call: list[list[float]]) -> list[float]:
+    hooked: list[float] = []
+    for i in range(warmup + repeat):
+        collector = Collector(tree, timer=clock.mark, capture=False)
+        try:
             with collector.hooks():
-                elapsed = _timed(lambda: borrow.call(model, state, args, kwargs), clock)
-            if i < warmup or len(collector.frames) != len(frames):
-                continue  # control flow changed the calls: that run cannot be matched
-            hooked.append(elapsed)
-            for j, f in enumerate(collector.frames):
-                per_call[j].append(clock.seconds(f.start, f.end) if f.end is not None else 0.0)
-    for frame, times in zip(frames, per_call):
-        frame.time_s = statistics.median(times) if times else None
-    return Timing(device=str(device), repeat=repeat, warmup=warmup,
-                  forward_ms=statistics.median(plain) * 1e3,
-                  hooked_forward_ms=statistics.median(hooked) * 1e3 if hooked else float("nan"),
-                  layer_sum_ms=float("nan"))
+                elapsed = _timed(run, clock)
+        except Exception as exc:
+            raise _Failed(collector, exc) from exc
+        if i < warmup or len(collector.marks) != calls:
+            continue
+        hooked.append(elapsed)
+        for j, (start, end) in enumerate(collector.marks):
+            per_call[j].append(clock.seconds(start, end) if end is not None else 0.0)
+    return hooked

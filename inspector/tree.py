@@ -34,17 +34,28 @@ def _join(prefix: str, name: str) -> str:
 
 def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``named_modules(remove_duplicate=False)`` without its nested generators (one per level, per
-    module): the same pre-order, from an explicit stack."""
+    module): the same pre-order, from an explicit stack. The inside of a TorchScript submodule is
+    not walked: its calls run in the TorchScript interpreter, out of reach of module hooks."""
     out = []
     stack = [("", model)]
     while stack:
         prefix, module = stack.pop()
         out.append((prefix, module))
         children = module._modules
-        if children:
+        if children and not isinstance(module, torch.jit.ScriptModule):
             stack.extend((_join(prefix, name), child) for name, child in reversed(children.items())
                          if child is not None)
     return out
+
+
+def _repeated(paths: list[tuple[str, nn.Module]]) -> list[nn.Module]:
+    seen: set[int] = set()
+    again = []
+    for _, module in paths:
+        if id(module) in seen:
+            again.append(module)
+        seen.add(id(module))
+    return again
 
 
 class ModelTree:
@@ -61,6 +72,26 @@ class ModelTree:
             if id(module) not in seen:
                 seen.add(id(module))
                 self.modules.append((name, module))
+
+    @cached_property
+    def first_names(self) -> dict[int, str]:
+        """id(module) -> its first qualified name: how the hooks recognise the model's modules."""
+        return {id(m): name for name, m in self.modules}
+
+    @cached_property
+    def shared_ids(self) -> frozenset[int]:
+        """Modules reachable under more than one name (named by the parent that calls them)."""
+        return frozenset(id(m) for m in _repeated(self.paths))
+
+    @cached_property
+    def with_pre_hooks(self) -> list[nn.Module]:
+        """Modules with forward pre-hooks of their own (weight_norm, pruning, the user's)."""
+        return [m for _, m in self.modules if m._forward_pre_hooks]
+
+    @cached_property
+    def scripted(self) -> list[str]:
+        """TorchScript submodules (counted as one call each: their ops land in their own row)."""
+        return [name for name, m in self.modules if isinstance(m, torch.jit.ScriptModule) and name]
 
     @cached_property
     def params(self) -> list[NamedParam]:

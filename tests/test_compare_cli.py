@@ -8,7 +8,8 @@ import pytest
 
 from inspector.compare import Comparison, compare
 from inspector.plot import pareto_front
-from models import BlogANN, zoo
+from inspector.sources import torchvision_source as zoo
+from models import BlogANN
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -40,7 +41,7 @@ def test_cli_summary_json():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["totals"]["params"] == 25_557_032 and data["totals"]["flops"] == 2 * data["totals"]["macs"]
-    assert data["schema_version"] == 1 and data["layers"][0]["name"] == ""
+    assert data["schema_version"] == 2 and data["layers"][0]["name"] == ""
 
 
 def test_cli_summary_input_size_and_depth():
@@ -64,7 +65,7 @@ def test_cli_list():
 @pytest.mark.parametrize("family,count", [("classification", 80), ("segmentation", 6)])
 def test_cli_compare_all_on_meta_with_plot(tmp_path, family, count):
     png = tmp_path / "pareto.png"
-    args = ["compare", "--all", "--family", family, "--device", "meta", "--format", "csv"]
+    args = ["compare", "--all", "--family", family, "--device", "meta", "--format", "csv", "--progress"]
     out = run_cli(*args, *(["--plot", str(png)] if family == "classification" else []))
     assert out.returncode == 0, out.stderr[-500:]
     rows = Comparison.from_csv(out.stdout).rows

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from inspector import inspect
-from models import zoo
+from inspector import UnknownModelError, inspect
+from inspector.sources import torchvision_source as zoo
 from tests.conftest import assert_state_equal, hook_count, state_snapshot
 
 CLASSIFICATION = zoo.list_names("classification")
@@ -62,7 +62,7 @@ def test_cpu_and_meta_give_identical_counts(name):
 
 
 def test_unknown_name_lists_closest():
-    with pytest.raises(zoo.UnknownModelError, match="resnet50"):
+    with pytest.raises(UnknownModelError, match="resnet50"):
         zoo.torchvision_model("resnet05")
 
 

@@ -1,0 +1,103 @@
+"""Your own models: ``path/to/net.py:Net`` or ``package.module:factory`` (also ``py:...``).
+
+The object named after the colon is a module instance, an ``nn.Module`` class (called with no
+arguments) or a factory function (called with no arguments). Import paths are resolved with the
+current directory first on ``sys.path``, as ``uvicorn app:main`` does. Inputs: ``input_size`` when
+given, else the model's own ``example_input()``, else ``inspect`` infers what it can.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from inspector.errors import InspectorError, NotAModuleError, UnknownModelError
+from inspector.sources import BuildOptions, ModelSpec, model_source
+
+
+def _import_file(path: Path) -> Any:
+    """Import a .py file under a name of its own (two files called net.py do not collide)."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"_inspector_user_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UnknownModelError(f"cannot import {str(path)!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.resolve().parent))  # its own sibling imports
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[module_name]
+        raise
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def _import_path(dotted: str) -> Any:
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        raise UnknownModelError(f"cannot import {dotted!r}: {exc} (import paths are looked up from the current "
+                                f"directory, {cwd})") from None
+
+
+def resolve_object(spec: str) -> Any:
+    """The Python object ``spec`` (``file.py:attr`` or ``package.module:attr``; attr may be dotted)."""
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise UnknownModelError(f"{spec!r} is not FILE.py:NAME or package.module:NAME")
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise UnknownModelError(f"no such file {where!r} (from {spec!r})")
+        module = _import_file(path)
+    else:
+        module = _import_path(where)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in vars(module) if not n.startswith("_"))
+            raise UnknownModelError(f"{where} has no {attr!r}; it defines: {', '.join(public[:12])}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def instantiate(obj: Any, spec: str) -> nn.Module:
+    """A module from a module, a Module subclass or a factory (both called with no arguments)."""
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise NotAModuleError(f"{spec} is a {type(obj).__name__}, not a module, a Module class or a factory")
+    try:
+        built = obj()
+    except TypeError as exc:
+        raise InspectorError(f"{spec} could not be called with no arguments ({exc}); write a factory "
+                             "function that builds it and name that instead") from None
+    if not isinstance(built, nn.Module):
+        raise NotAModuleError(f"{spec}() returned a {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+@model_source("py")
+class PythonSource:
+    description = "your own code: path/to/net.py:Net or package.module:factory"
+
+    def build(self, name: str, options: BuildOptions) -> ModelSpec:
+        module = instantiate(resolve_object(name), name)
+        return ModelSpec(name=name.rpartition(":")[2], module=module, input_size=options.input_size)
+
+    def names(self, family: str | None = None) -> list[str]:
+        return []
