@@ -86,8 +86,12 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
             return MetaDeviceError(f"{where}{during}: {op or 'an op'} needs tensor values, which the meta device does "
                                    f"not hold (.item(), nonzero, bool(tensor) on a result): inspect on "
                                    f"device='cpu' (or cuda) instead")
-        text = f"{where}{during} failed on input {shapes}: {message}" if frame is not None else \
-            f"{where}{during} failed: {message}"
+        if frame is None and collector is None:
+            text = f"the model failed{during}: {message}"
+        elif frame is None:
+            text = f"{where}{during} failed: {message}"
+        else:
+            text = f"{where}{during} failed on input {shapes}: {message}"
         return LayerError(with_hint(text, message))
     except Exception:  # noqa: BLE001 - the error builder itself never raises
         return LayerError(f"the {phase} pass failed: {type(exc).__name__}")
@@ -147,6 +151,9 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
                     loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name)
     model, notes = _unwrap(model)
     tree = ModelTree(model)
+    if tree.scripted:
+        notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
+                     "inside runs in the TorchScript interpreter, out of reach of module hooks)")
     model_at = inputs_mod.model_device(tree)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":

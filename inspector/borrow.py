@@ -79,11 +79,12 @@ def call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: 
 class _TensorState:
     """A tensor's identity and layout: enough to undo ``.data =``, ``resize_``, ``set_``."""
 
-    __slots__ = ("tensor", "storage", "size", "stride", "offset", "requires_grad", "grad")
+    __slots__ = ("tensor", "storage", "nbytes", "size", "stride", "offset", "requires_grad", "grad")
 
     def __init__(self, t: torch.Tensor) -> None:
         self.tensor = t
         self.storage = t.untyped_storage()
+        self.nbytes = self.storage.nbytes()
         self.size = t.size()
         self.stride = t.stride()
         self.offset = t.storage_offset()
@@ -97,8 +98,10 @@ class _TensorState:
 
     def restore(self) -> None:
         t = self.tensor
-        if self.changed():
+        if self.changed() or self.storage.nbytes() != self.nbytes:
             with torch.no_grad():
+                if self.storage.nbytes() != self.nbytes:  # resized in place (observers)
+                    self.storage.resize_(self.nbytes)
                 t.set_(self.storage, self.offset, self.size, self.stride)
         if t.requires_grad != self.requires_grad and t.is_leaf:
             t.requires_grad_(self.requires_grad)
@@ -184,7 +187,7 @@ class Borrow:
         return self
 
     def _snapshot(self) -> None:
-        self.modules = [_ModuleState(m) for _, m in self.tree.modules]
+        self.modules = [_ModuleState(m) for _, m in self.tree.modules if not isinstance(m, torch.jit.ScriptModule)]
         tensors: dict[int, torch.Tensor] = {}
         for state in self.modules:
             for value in (*state.params.values(), *state.buffers.values(), *state.attrs.values()):
@@ -237,11 +240,11 @@ class Borrow:
 
 def _tensor_state(t: torch.Tensor) -> _TensorState | None:
     """The tensor's state, or None for layouts without a plain storage (sparse, nested, ...)."""
-    if t.layout != torch.strided or t.is_nested:
+    if t.layout != torch.strided or t.is_nested or isinstance(t, nn.parameter.UninitializedTensorMixin):
         return None
     try:
         return _TensorState(t)
-    except (RuntimeError, NotImplementedError, TypeError):
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
         return None
 
 

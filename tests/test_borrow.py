@@ -1,0 +1,265 @@
+"""The model comes back exactly as it was: whatever its forward writes, on every device, also after a
+raise, and when two threads inspect it at once. Each case checks a full snapshot (tests/conftest.py)."""
+import gc
+import threading
+
+import pytest
+import torch
+import torch.ao.quantization as tq
+import torch.nn.utils.prune as prune
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+from inspector import LayerError, inspect
+from tests.conftest import assert_untouched, snapshot
+
+
+class MulWeight(nn.Module):
+    """Scales a parameter in place under no_grad, through a view and through .data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.fc.weight.mul_(2)
+            self.fc.weight[0].zero_()
+        self.fc.bias.data.add_(1)
+        return self.fc(x)
+
+
+class AssignData(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.fc.weight.data = torch.zeros_like(self.fc.weight)
+        return self.fc(x)
+
+
+class ReplaceParameter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.fc.weight = nn.Parameter(torch.zeros_like(self.fc.weight))
+        return self.fc(x)
+
+
+class Creates(nn.Module):
+    """Adds a submodule, a buffer, a plain attribute and a hook during forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.extra = nn.Linear(4, 4, device=x.device, dtype=x.dtype)
+        self.register_buffer("made", torch.ones(1))
+        self.note = "seen"
+        self.fc.register_forward_hook(lambda *a: None)
+        return self.extra(self.fc(x))
+
+
+class ExpandedBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.ones(1, 4).expand(3, 4))
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) + self.offset
+
+
+class InferenceBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.inference_mode():
+            self.register_buffer("offset", torch.ones(4))
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) + self.offset
+
+
+class TrainOverride(nn.Module):
+    """Its train() keeps a cache in step with the mode: eval() fills it, train() clears it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.cache = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.cache = None if mode else self.fc.weight.detach().clone()
+        return self
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _qat() -> nn.Module:
+    model = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 4, 3), nn.ReLU(), tq.DeQuantStub())
+    model.qconfig = tq.get_default_qat_qconfig("fbgemm")
+    model.train()
+    return tq.prepare_qat(model)  # per-channel observers resize their buffers on the first forward
+
+
+def _pruned() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4))
+    prune.l1_unstructured(model[0], "weight", 0.5)  # weight becomes a plain attribute set by a pre-hook
+    return model
+
+
+def _bn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+
+
+CASES = {
+    "in-place writes to parameters": (MulWeight, (2, 4)),
+    ".data assigned": (AssignData, (2, 4)),
+    "parameter replaced": (ReplaceParameter, (2, 4)),
+    "modules, buffers, attributes and hooks created": (Creates, (2, 4)),
+    "expanded (stride 0) buffer": (ExpandedBuffer, (3, 4)),
+    "inference-tensor buffer": (InferenceBuffer, (2, 4)),
+    "train() override with state": (lambda: TrainOverride().train(), (2, 4)),
+    "embedding renormalised (max_norm)": (lambda: nn.Embedding(10, 4, max_norm=1.0), None),
+    "QAT observers resize buffers": (_qat, (1, 3, 8, 8)),
+    "BatchNorm statistics in train mode": (_bn, (2, 3, 8, 8)),
+    "pruning (plain weight attribute)": (_pruned, (2, 4)),
+    "old weight_norm": (lambda: nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(4, 4))), (2, 4)),
+    "old spectral_norm (power iteration writes u, v)": (lambda: nn.Sequential(torch.nn.utils.spectral_norm(
+        nn.Linear(4, 4))), (2, 4)),
+    "parametrized spectral_norm": (lambda: nn.Sequential(parametrizations.spectral_norm(nn.Linear(4, 4))), (2, 4)),
+}
+RUNS = {"same device": {}, "meta": {"device": "meta"}, "float64": {"dtype": "float64"},
+        "train mode": {"mode": "train"}, "timed": {"timing": True, "repeat": 2, "warmup": 1, "peak": None}}
+
+
+def _input(shape):
+    return torch.tensor([[1, 2, 3]]) if shape is None else torch.randn(shape)
+
+
+#: Combinations the model itself cannot run: fake quantization has float32 kernels only.
+CANNOT_RUN = {("QAT observers resize buffers", "float64")}
+
+
+@pytest.mark.parametrize("case,run", [(c, r) for c in CASES for r in RUNS if (c, r) not in CANNOT_RUN])
+def test_model_comes_back_exactly(case, run):
+    make, shape = CASES[case]
+    model = make()
+    before = snapshot(model)
+    report = inspect(model, _input(shape), **RUNS[run])
+    assert report.total_macs is not None
+    assert_untouched(model, before)
+
+
+def test_state_restored_when_forward_raises_after_writing():
+    class WritesThenRaises(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            with torch.no_grad():
+                self.fc.weight.add_(1)
+            self.leftover = nn.ReLU()
+            raise RuntimeError("boom")
+
+    model = WritesThenRaises()
+    before = snapshot(model)
+    with pytest.raises(LayerError, match="boom"):
+        inspect(model, torch.randn(2, 4))
+    assert_untouched(model, before)
+
+
+def test_lazy_module_is_materialised_on_a_copy():
+    model = nn.Sequential(nn.LazyLinear(3))
+    before = snapshot(model)
+    report = inspect(model, torch.randn(2, 4))
+    assert report.total_macs == 2 * 4 * 3 and report.total_params == 4 * 3 + 3
+    assert any("lazy" in n for n in report.notes)
+    assert_untouched(model, before)
+    assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)
+
+
+def test_parametrize_cache_of_the_caller_is_left_alone():
+    """Inside the user's parametrize.cached(), a substituted run must neither read nor fill the cache."""
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 4)))
+    x = torch.randn(2, 4)
+    with parametrize.cached():
+        expected = model(x)
+        inspect(model, x, device="meta")
+        inspect(model, x, dtype="float64")
+        assert torch.equal(model(x), expected)
+
+
+def test_global_hooks_and_user_hooks_are_kept():
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    mine = model[0].register_forward_pre_hook(lambda m, a: None)
+    global_handle = register_module_forward_hook(lambda m, a, o: None)
+    try:
+        before = snapshot(model)
+        inspect(model, torch.randn(2, 4))
+        assert_untouched(model, before)
+    finally:
+        mine.remove()
+        global_handle.remove()
+
+
+def test_two_threads_inspecting_one_model_are_serialised():
+    """Same model from three threads: every report sees exactly the model's calls, and the model's
+    BatchNorm statistics and training flags come back."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model.train()
+    before = snapshot(model)
+    counts, macs, errors = [], [], []
+
+    def work() -> None:
+        try:
+            for _ in range(8):
+                report = inspect(model, torch.randn(2, 3, 8, 8), mode="eval")
+                counts.append(len(report.layers))
+                macs.append(report.total_macs)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(counts) == {6}  # the Sequential and its five layers
+    assert set(macs) == {2 * (4 * 6 * 6 * 27 + 144 * 2)}
+    assert_untouched(model, before)
+
+
+def test_repeated_inspection_keeps_nothing():
+    """500 inspections of a small model: no live tensor is left behind, RSS grows < 20 MB."""
+    import resource
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(20):
+        inspect(model, x).layers
+    gc.collect()
+
+    def live_tensors() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    tensors = live_tensors()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    for _ in range(500):
+        inspect(model, x).layers
+    gc.collect()
+    assert live_tensors() <= tensors
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024 < 20
