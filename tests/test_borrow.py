@@ -85,8 +85,13 @@ class InferenceBuffer(nn.Module):
         return self.fc(x) + self.offset
 
 
+#: What TrainOverride modules last heard from train(), outside any module (so only train() can put it back).
+MODE_SEEN: dict[int, bool] = {}
+
+
 class TrainOverride(nn.Module):
-    """Its train() keeps a cache in step with the mode: eval() fills it, train() clears it."""
+    """Its train() keeps a cache in step with the mode: eval() fills it, train() clears it; and it
+    tells a registry outside the model."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,6 +101,7 @@ class TrainOverride(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.cache = None if mode else self.fc.weight.detach().clone()
+        MODE_SEEN[id(self)] = mode
         return self
 
     def forward(self, x):
@@ -115,6 +121,12 @@ def _pruned() -> nn.Module:
     return model
 
 
+def _with_grads() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model(torch.randn(3, 4)).sum().backward()  # the user's own gradients, mid-training
+    return model
+
+
 def _bn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
 
@@ -131,6 +143,7 @@ CASES = {
     "QAT observers resize buffers": (_qat, (1, 3, 8, 8)),
     "BatchNorm statistics in train mode": (_bn, (2, 3, 8, 8)),
     "pruning (plain weight attribute)": (_pruned, (2, 4)),
+    "gradients of the user's own backward": (_with_grads, (2, 4)),
     "old weight_norm": (lambda: nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(4, 4))), (2, 4)),
     "old spectral_norm (power iteration writes u, v)": (lambda: nn.Sequential(torch.nn.utils.spectral_norm(
         nn.Linear(4, 4))), (2, 4)),
@@ -156,6 +169,16 @@ def test_model_comes_back_exactly(case, run):
     report = inspect(model, _input(shape), **RUNS[run])
     assert report.total_macs is not None
     assert_untouched(model, before)
+
+
+def test_training_flags_are_restored_through_train():
+    """A module's own train() runs when its flag is put back, so state it keeps outside the model follows."""
+    model = TrainOverride().train()
+    inspect(model, torch.randn(2, 4))  # runs in eval: train(False) was called
+    assert MODE_SEEN[id(model)] is True and model.training and model.cache is None
+    model.eval()
+    inspect(model, torch.randn(2, 4), mode="train")
+    assert MODE_SEEN[id(model)] is False and not model.training and model.cache is not None
 
 
 def test_state_restored_when_forward_raises_after_writing():
