@@ -73,6 +73,8 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
         if isinstance(exc, InspectorError):
             return exc
         frame = collector.failing_frame() if collector is not None else None
+        if phase == "backward" and counter is not None and counter.bw_stack:
+            frame = counter.bw_stack[-1]
         message = first_line(exc)
         op = counter.failed_op if counter is not None else None
         where = "the model's own code (outside any submodule)" if frame is None else \
@@ -192,7 +194,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
 
 
 def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
-    state = substitute_state(tree, target, opts.dtype)
+    state = substitute_state(tree, target, opts.dtype) if opts.timing or not opts.backward else {}
     model = tree.model
     collector = Collector(tree)
     training = times = timing = None
@@ -201,7 +203,7 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
         if opts.backward:
             from inspector.training import train_step
 
-            collection, training = train_step(tree, state, args, kw, collector, counter, opts, target,
+            collection, training = train_step(tree, args, kw, collector, counter, opts, target,
                                               lambda exc, phase: failure(collector, counter, exc, target, phase))
         else:
             collection = _forward(model, state, args, kw, collector, counter, target)

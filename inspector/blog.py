@@ -225,17 +225,25 @@ def scaling(sides: tuple[int, ...] = SIDES) -> Scaling:
 
 
 def plot_scaling(result: Scaling, path: str) -> None:
+    """Parameters and MACs side by side (for the dense layer they nearly coincide: each weight is
+    used once per image, so one panel would draw them as one line)."""
     from inspector.plot import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for series, style in [("dense_params", "o-"), ("dense_macs", "o--"), ("conv_params", "s-"), ("conv_macs", "s--")]:
-        ax.loglog(result.sides, getattr(result, series), style, label=f"{series} (slope {result.slope(series):.2f})")
-    ax.set_xlabel("image side n (n x n x 3)")
-    ax.set_ylabel("count")
-    ax.set_title("First layer: dense -> 100 vs conv 64 x 3x3x3")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    series = {"dense": ("dense layer, n x n x 3 inputs -> 100 neurons", "o-", "tab:blue"),
+              "conv": ("convolution, 64 filters of 3 x 3 x 3, 'same' padding", "s-", "tab:orange")}
+    for ax, quantity, title in ((left, "params", "Parameters"), (right, "macs", "Multiply-accumulates per image")):
+        for kind, (label, style, color) in series.items():
+            values = getattr(result, f"{kind}_{quantity}")
+            slope = result.slope(f"{kind}_{quantity}")
+            ax.loglog(result.sides, values, style, color=color, label=f"{label} (slope {slope:.2f})")
+        ax.set_title(title)
+        ax.set_xlabel("image side n (pixels)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    left.set_ylabel("count")
+    fig.suptitle("First layer as the image grows: parameters stay flat for the convolution, its work grows like n²")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

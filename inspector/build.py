@@ -90,17 +90,25 @@ def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[st
 
 
 def attribute_params(tree: ModelTree, frames: tuple[Frame, ...]) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
-    """Each unique parameter goes to the first call of the module that owns it (by identity, so a
-    tied embedding shows on the call that used it), else to the first call of its nearest called
-    ancestor. Returns {frame index: [params, trainable]} and the top-most modules that never ran."""
+    """Each unique parameter goes to the first call of a module that holds it, under any of its names
+    (so a tied embedding shows on the call that used it, not on an uncalled alias), else to the
+    first call of its nearest called ancestor. Returns {frame index: [params, trainable]} and the
+    top-most modules that never ran."""
     first_call: dict[int, int] = {}
     for f in frames:
         first_call.setdefault(id(f.module), f.index)
-    by_name = dict(tree.modules)
+    by_name = dict(tree.paths)
+    held_by: dict[int, int] = {}  # id(param) -> earliest call of a module holding it
+    if tree.has_tied_params:
+        for pname, p, _ in tree.param_paths:
+            module = by_name.get(pname.rpartition(".")[0])
+            index = first_call.get(id(module)) if module is not None else None
+            if index is not None and index < held_by.get(id(p), index + 1):
+                held_by[id(p)] = index
     per_frame: dict[int, list[int]] = {}
     for pname, p, trainable in tree.params:  # a tied tensor comes once
         owner = pname.rpartition(".")[0]
-        index = None
+        index = held_by.get(id(p))
         while index is None:
             module = by_name.get(owner)
             index = first_call.get(id(module)) if module is not None else None

@@ -139,33 +139,45 @@ def _out_shapes(out: Any) -> Any:
 
 
 class Live:
-    """Bytes of tensors created while counting and still alive, and their peak.
+    """Bytes of storages created while counting and still alive, and their peak.
 
-    Each tracked tensor gets a plain weak reference whose callback subtracts its bytes when it dies
-    (``weakref.finalize`` does the same at ten times the cost per tensor)."""
+    Storages, not tensors: a view outliving the tensor it was taken from (a flattened activation
+    saved for backward) keeps its memory. Each storage is counted once and gets a plain weak
+    reference whose callback subtracts its bytes when it dies (storages keep their Python object as
+    long as they live; ``weakref.finalize`` would cost ten times as much per storage)."""
 
-    __slots__ = ("now", "peak", "_refs", "__weakref__")
+    __slots__ = ("now", "peak", "phase", "peak_phase", "_refs", "_keys", "__weakref__")
 
     def __init__(self) -> None:
         self.now = 0
         self.peak = 0
-        self._refs: dict[int, tuple[weakref.ref, int]] = {}
+        self.phase = "forward"
+        self.peak_phase = "forward"
+        self._refs: dict[int, tuple[weakref.ref, int, int]] = {}
+        self._keys: set[int] = set()
 
     def add(self, tensor: torch.Tensor) -> None:
-        nbytes = _numel(tensor) * tensor.element_size()
-        ref = weakref.ref(tensor, self._free)
-        self._refs[id(ref)] = (ref, nbytes)
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # nested or sparse: no single storage
+            return
+        key = storage._cdata
+        if key in self._keys:
+            return
+        nbytes = storage.nbytes()
+        ref = weakref.ref(storage, self._free)
+        self._refs[id(ref)] = (ref, nbytes, key)
+        self._keys.add(key)
         self.now += nbytes
         if self.now > self.peak:
             self.peak = self.now
+            self.peak_phase = self.phase
 
     def _free(self, ref: weakref.ref) -> None:
         entry = self._refs.pop(id(ref), None)
         if entry is not None:
             self.now -= entry[1]
-
-    def reset_peak(self) -> None:
-        self.peak = self.now
+            self._keys.discard(entry[2])
 
 
 #: Kernels that write running statistics without declaring it in their schema: (training-flag
@@ -229,6 +241,8 @@ class OpCounter(TorchDispatchMode):
         self.failed_op: str | None = None
         self.backward = False
         self.bw_stack: list[Frame] = []
+        self.recomputing: set[int] = set()  # frames whose forward is being recomputed (checkpointing)
+        self.sink: Frame | None = None  # when set, every op is charged here (loss, optimizer step)
         self._info: dict[Any, OpInfo] = {} if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None, 0)
@@ -244,18 +258,21 @@ class OpCounter(TorchDispatchMode):
         except Exception:
             self.failed_op = info.name
             raise
-        if self.backward:
+        backward = self.backward and self.sink is None
+        if backward:
             frame = self.bw_stack[-1] if self.bw_stack else self.outside
             ops = frame.bw_ops
         else:
-            frame = self.stack[-1] if self.stack else self.outside
+            frame = self.sink or (self.stack[-1] if self.stack else self.outside)
             ops = frame.ops
         macs = flops = 0
         if info.formula is not None or info.extra is not None:
             macs, flops = self._count(info, args, kwargs, out)
-            if self.backward:
+            if backward:
                 frame.bw_macs += macs
                 frame.bw_flops += flops
+                if frame.index in self.recomputing:
+                    frame.recompute_macs += macs
             else:
                 frame.macs += macs
                 frame.flops += flops
@@ -338,10 +355,10 @@ class Collector:
         self.capture = capture  # record shapes (counting); off for timed passes
         self.marks: list[tuple[Any, Any]] = []
         self.on_post: list[Callable[[Frame, tuple, dict | None, Any], None]] = []
-        self.on_pre: list[Callable[[nn.Module], bool]] = []
         self._calls: dict[int, int] = {}
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
+        self.redirect: Any = None  # during backward: recomputed calls go to redirect.pre/post (training)
 
     def _name(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names is named by the parent that called it."""
@@ -356,9 +373,9 @@ class Collector:
         name = self.names.get(id(module))
         if name is None or threading.get_ident() != self._thread:
             return
-        for claim in self.on_pre:  # backward recomputation claims its calls (see training)
-            if claim(module):
-                return
+        if self.redirect is not None:
+            self.redirect.pre(module)
+            return
         if id(module) in self.shared:
             name = self._name(module, name)
         stack = self.stack
@@ -380,6 +397,9 @@ class Collector:
         else:  # torch calls always_call hooks without kwargs when the forward raised
             kwargs, output = None, _FAILED
         if id(module) not in self.names or threading.get_ident() != self._thread:
+            return
+        if self.redirect is not None:
+            self.redirect.post(module)
             return
         stack = self.stack
         if not stack or stack[-1].module is not module:
@@ -456,6 +476,9 @@ class Collector:
         """The innermost module call a forward raised in (or the innermost one still open)."""
         return self.failed if self.failed is not None else (self.stack[-1] if self.stack else None)
 
-    def collection(self, counter: OpCounter) -> Collection:
-        return Collection(frames=tuple(self.frames), outside=counter.outside, peak_bytes=counter.live.peak,
+    def collection(self, counter: OpCounter, peak_bytes: int | None = None) -> Collection:
+        """The frozen result; ``peak_bytes`` (default: the counter's live peak) for a step that went on
+        after the forward (training reports the forward's own peak here)."""
+        return Collection(frames=tuple(self.frames), outside=counter.outside,
+                          peak_bytes=counter.live.peak if peak_bytes is None else peak_bytes,
                           uncounted=dict(counter.uncounted), formula_errors=dict(counter.formula_errors))

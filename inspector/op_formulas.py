@@ -216,10 +216,13 @@ def attention_macs(batch_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim:
 
 
 def attention_backward_macs(batch_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim: int) -> int:
-    """What fused attention backward kernels perform: the scores recomputed (L*S*E, as flash and
-    memory-efficient kernels keep no attention matrix), dV = P^T dO and dP = dO V^T (L*S*Ev each),
-    dQ = dS K and dK = dS^T Q (L*S*E each): L*S*(3E + 2Ev) per batch*head."""
-    return batch_heads * q_len * k_len * (3 * qk_dim + 2 * v_dim)
+    """The gradient products of attention: dV = P^T dO and dP = dO V^T (L*S*Ev each), dQ = dS K and
+    dK = dS^T Q (L*S*E each): L*S*(2E + 2Ev) per batch*head, twice the forward. Convention: the
+    fused kernels (flash, memory-efficient, cuDNN, flash-for-CPU) also recompute the scores Q K^T
+    (one more L*S*E), which is not counted, so that every backend (and the meta device, which runs
+    the math path: exactly these four products) gives the same count. FlopCounterMode counts the
+    recomputation (L*S*(3E + 2Ev))."""
+    return 2 * batch_heads * q_len * k_len * (qk_dim + v_dim)
 
 
 @op_formula("aten._scaled_dot_product_flash_attention_for_cpu", "aten._scaled_dot_product_flash_attention",

@@ -1,0 +1,320 @@
+"""The cost of a training step: backward MACs per layer, gradients, optimizer state, saved activations
+and the step's peak memory, all measured on substituted copies of the model's tensors.
+
+Backward work is counted from the backward aten ops that really run, with the same formula registry
+as the forward, and charged to the module whose backward ran them: a module's backward starts when
+the gradient of its output arrives and ends when the gradients of its inputs are done (multi-grad
+hooks, as ``torch.utils.module_tracker`` does). Activation checkpointing's recomputation runs in the
+backward phase and is counted there (``recompute_macs`` says how much).
+
+Memory comes from a live-tensor timeline: every tensor an op creates during the step is added when
+it is made and removed when it dies; parameters, buffers, inputs and the optimizer state the step
+starts with form the baseline. The optimizer's state is real: one uncounted warm-up step creates it
+(as in any step after the first), gradients are then set to None (``zero_grad()``), and the counted
+step runs forward, backward and the optimizer step. Activations are the tensors autograd saves for
+backward (``saved_tensors_hooks``), each storage once, parameters and inputs excluded.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from inspector.build import merge_outside
+from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
+from inspector.errors import InputError, InspectorError
+from inspector.report import Training, TrainingMemory
+from inspector.tree import ModelTree
+
+OPTIMIZERS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=1e-3),
+    "momentum": lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3),
+}
+
+
+def check_optimizer(optimizer: Any) -> None:
+    """A name, a torch.optim.Optimizer class, or a factory ``params -> optimizer``."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, a torch.optim.Optimizer class or a "
+                             f"factory, got {optimizer!r}")
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        raise InputError("pass the optimizer's class or a factory (params -> optimizer), not an optimizer built on "
+                         "the model's own parameters: the step runs on copies")
+    elif not callable(optimizer):
+        raise InputError(f"optimizer must be a name, a class or a factory, got {optimizer!r}")
+
+
+def _make_optimizer(optimizer: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if isinstance(optimizer, str):
+        return OPTIMIZERS[optimizer](params)
+    built = optimizer(params)
+    if not isinstance(built, torch.optim.Optimizer):
+        raise InputError(f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer")
+    return built
+
+
+def _optimizer_name(optimizer: Any) -> str | None:
+    if optimizer is None:
+        return None
+    return optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
+def step_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Copies of every parameter (requiring grad as the original does) and buffer, on ``device`` in
+    ``dtype``: the step trains these, never the model's own tensors."""
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        cast = dtype if dtype is not None and t.is_floating_point() else None
+        return t.detach().to(device=device, dtype=cast, copy=True)
+
+    state = {name: copy(p).requires_grad_(p.requires_grad) for name, p in tree.parameters}
+    state.update((name, copy(b)) for name, b in tree.buffers)
+    return state
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def default_loss(output: Any) -> torch.Tensor:
+    """The sum of every floating output that depends on a trainable parameter."""
+    leaves = [t for t in tensor_leaves(output) if t.is_floating_point() and t.requires_grad]
+    if not leaves:
+        raise InputError("the model's output does not depend on any trainable parameter: nothing to train "
+                         "(are all parameters frozen?)")
+    return sum(t.float().sum() for t in leaves)  # type: ignore[return-value]
+
+
+class BackwardTracker:
+    """Pushes a forward call's frame on the counter's backward stack when its output's gradient
+    arrives and takes it off when its inputs' gradients are done; claims recomputed calls."""
+
+    def __init__(self, counter: OpCounter, collector: Collector) -> None:
+        self.counter = counter
+        self.collector = collector
+        self.handles: list[Any] = []
+        self.recomputed: dict[int, int] = {}  # id(module) -> calls recomputed so far
+        self.by_module: dict[int, list[Frame]] = {}
+        self.open: list[tuple[Frame, bool]] = []  # recomputed calls in progress: (frame, pushed)
+
+    # forward: register the gradient hooks of each call
+    def after_call(self, frame: Frame, args: tuple, kwargs: dict | None, output: Any) -> None:
+        self.by_module.setdefault(id(frame.module), []).append(frame)
+        outs = [t for t in tensor_leaves(output) if t.requires_grad]
+        if not outs:
+            return
+        graph = torch.autograd.graph
+        self.handles.append(graph.register_multi_grad_hook(outs, lambda _grad, f=frame: self._push(f), mode="any"))
+        ins = [t for t in tensor_leaves((args, kwargs or {})) if t.requires_grad]
+        if ins:
+            self.handles.append(graph.register_multi_grad_hook(ins, lambda _grads, f=frame: self._pop(f), mode="all"))
+
+    def _ancestor(self, frame: Frame, of: Frame) -> bool:
+        frames = self.collector.frames
+        while of.parent is not None:
+            if of.parent == frame.index:
+                return True
+            of = frames[of.parent]
+        return False
+
+    def _push(self, frame: Frame) -> None:
+        """Open ``frame``'s backward. Calls sharing one output (a model returning its last layer's
+        output) open together: each goes below its descendants, so the innermost stays on top."""
+        stack = self.counter.bw_stack
+        while stack and stack[-1] is not frame and not self._ancestor(stack[-1], frame) \
+                and not self._ancestor(frame, stack[-1]):
+            stack.pop()  # an unrelated call whose inputs needed no gradient: its backward is over
+        if frame in stack:
+            return
+        i = len(stack)
+        while i > 0 and self._ancestor(frame, stack[i - 1]):
+            i -= 1
+        stack.insert(i, frame)
+
+    def _pop(self, frame: Frame) -> None:
+        stack = self.counter.bw_stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is frame:
+                del stack[i:]
+                return
+
+    # backward: calls run again by activation checkpointing
+    def pre(self, module: nn.Module) -> None:
+        frames = self.by_module.get(id(module), [])
+        k = self.recomputed.get(id(module), 0)
+        self.recomputed[id(module)] = k + 1
+        frame = frames[k] if k < len(frames) else None
+        pushed = frame is not None
+        if pushed:
+            self.counter.bw_stack.append(frame)
+            self.counter.recomputing.add(frame.index)
+        self.open.append((frame, pushed))  # type: ignore[arg-type]
+
+    def post(self, module: nn.Module) -> None:
+        if not self.open:
+            return
+        frame, pushed = self.open.pop()
+        if pushed:
+            self.counter.recomputing.discard(frame.index)
+            self._pop(frame)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class SavedActivations:
+    """``saved_tensors_hooks`` that count each saved storage once, charged to the call saving it."""
+
+    def __init__(self, collector: Collector, excluded: set[int]) -> None:
+        self.collector = collector
+        self.excluded = excluded  # storages of parameters, buffers and inputs
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return t
+        key = storage._cdata
+        if key in self.excluded or key in self.seen:
+            return t
+        self.seen.add(key)
+        nbytes = storage.nbytes()
+        self.total += nbytes
+        stack = self.collector.stack
+        if stack:
+            stack[-1].saved_bytes += nbytes
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def _storage_keys(tensors: list[torch.Tensor]) -> set[int]:
+    keys = set()
+    for t in tensors:
+        try:
+            keys.add(t.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError):
+            continue
+    return keys
+
+
+def _unique_bytes(tensors: list[torch.Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        try:
+            storage = t.untyped_storage()
+            seen[storage._cdata] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            seen[id(t)] = _nbytes(t)
+    return sum(seen.values())
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    if optimizer is None:
+        return []
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
+def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
+               opts: Any, target: torch.device, on_error: Callable[[Exception, str], InspectorError]
+               ) -> tuple[Collection, Training]:
+    """Forward, backward and optimizer step on copies of the model's tensors, counted and measured."""
+    if opts.autocast is not None and target.type == "meta":
+        raise InputError("autocast needs a real device (cpu or cuda); on meta, pass dtype='bfloat16' instead")
+    model = tree.model
+    copies = step_state(tree, target, opts.dtype)
+    all_params = [copies[name] for name, _ in tree.parameters]
+    params = [t for t in all_params if t.requires_grad]
+    buffers = [copies[name] for name, _ in tree.buffers]
+    loss_fn = opts.loss_fn or default_loss
+    autocast = (lambda: torch.autocast(target.type, dtype=opts.autocast)) if opts.autocast is not None else nullcontext
+    optimizer = _make_optimizer(opts.optimizer, params) if opts.optimizer is not None else None
+
+    def step() -> Any:
+        with autocast():
+            output = torch.func.functional_call(model, copies, args, kw, tie_weights=True, strict=False)
+            return output, loss_fn(output)
+
+    if optimizer is not None:  # warm-up, uncounted: the optimizer state every later step starts with
+        guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False)
+        try:
+            with guard_only:
+                _, loss = step()
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        except InspectorError:
+            raise
+        except Exception as exc:
+            raise on_error(exc, "the warm-up step") from exc
+    inputs = [t for t in tensor_leaves((args, kw)) if isinstance(t, torch.Tensor)]
+    opt_state = _optimizer_tensors(optimizer)
+    saved = SavedActivations(collector, _storage_keys(all_params + buffers + inputs))
+    tracker = BackwardTracker(counter, collector)
+    collector.on_post.append(tracker.after_call)
+    baseline = _unique_bytes(all_params + buffers + inputs + opt_state)
+    live = counter.live
+    try:
+        with collector.hooks(), counter:
+            live.phase = "forward"
+            try:
+                with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                    output, loss = step()
+            except InspectorError:
+                raise
+            except Exception as exc:
+                raise on_error(exc, "forward") from exc
+            forward_peak = live.peak
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise InputError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
+            collector.on_post.remove(tracker.after_call)
+            collector.redirect = tracker
+            counter.backward = True
+            live.phase = "backward"
+            try:
+                loss.backward()
+            except InspectorError:
+                raise
+            except Exception as exc:
+                raise on_error(exc, "backward") from exc
+            finally:
+                counter.backward = False
+                collector.redirect = None
+                counter.bw_stack.clear()
+            del output, loss
+            grads = [p.grad for p in params if p.grad is not None]
+            gradient_bytes = _unique_bytes(grads)
+            if optimizer is not None:
+                live.phase = "optimizer"
+                counter.sink = Frame(-2, nn.Identity(), "(optimizer)", 0, None, 0)
+                try:
+                    optimizer.step()
+                except Exception as exc:
+                    raise on_error(exc, "the optimizer step") from exc
+                finally:
+                    counter.sink = None
+    finally:
+        tracker.remove()
+    collection = collector.collection(counter, peak_bytes=forward_peak)
+    merge_outside(collection)
+    memory = TrainingMemory(parameters=_unique_bytes(all_params),
+                            gradients=gradient_bytes, optimizer_state=_unique_bytes(_optimizer_tensors(optimizer)),
+                            activations=saved.total, peak=baseline + live.peak, inputs=_unique_bytes(inputs),
+                            buffers=_unique_bytes(buffers), peak_phase=live.peak_phase)
+    bw_macs = sum(f.bw_macs for f in collection.frames)
+    bw_flops = 2 * bw_macs + sum(f.bw_flops for f in collection.frames)
+    loss_name = getattr(opts.loss_fn, "__name__", type(opts.loss_fn).__name__) if opts.loss_fn else "sum of outputs"
+    autocast_name = str(opts.autocast).replace("torch.", "") if opts.autocast is not None else None
+    return collection, Training(loss=loss_name, optimizer=_optimizer_name(opts.optimizer), total_backward_macs=bw_macs,
+                                total_backward_flops=bw_flops, memory=memory, autocast=autocast_name)
