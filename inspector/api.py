@@ -50,13 +50,19 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
     if type(model).forward is nn.Module.forward or isinstance(model, (nn.ModuleList, nn.ModuleDict)):
         raise UnsupportedModelError(f"{type(model).__name__} has no forward(); inspect the module whose forward "
                                     "uses it")
-    lazy = [m for m in model.modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)
-            and m.has_uninitialized_params()]
-    if lazy:
-        notes.append(f"{len(lazy)} lazy module(s) ({type(lazy[0]).__name__}...) materialised on a copy of the "
-                     "model: the model's own stay uninitialized")
-        model = copy.deepcopy(model)
     return model, notes
+
+
+def _tree(model: nn.Module, notes: list[str]) -> ModelTree:
+    """The model's tree; lazy modules are materialised on a copy, never on the model."""
+    tree = ModelTree(model)
+    lazy = [m for _, m in tree.modules if isinstance(m, nn.modules.lazy.LazyModuleMixin)
+            and m.has_uninitialized_params()]
+    if not lazy:
+        return tree
+    notes.append(f"{len(lazy)} lazy module(s) ({type(lazy[0]).__name__}...) materialised on a copy of the "
+                 "model: the model's own stay uninitialized")
+    return ModelTree(copy.deepcopy(model))
 
 
 def _config(module: nn.Module) -> str:
@@ -152,7 +158,8 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
                     repeat=repeat, warmup=warmup, peak=peak, flops=flops, formulas=formulas, backward=backward,
                     loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name)
     model, notes = _unwrap(model)
-    tree = ModelTree(model)
+    tree = _tree(model, notes)
+    model = tree.model
     if tree.scripted:
         notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
                      "inside runs in the TorchScript interpreter, out of reach of module hooks)")
@@ -196,7 +203,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
 def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
     state = substitute_state(tree, target, opts.dtype) if opts.timing or not opts.backward else {}
     model = tree.model
-    collector = Collector(tree)
+    collector = Collector(tree, grads=opts.backward)
     training = times = timing = None
     with Borrow(tree, opts.mode) as borrow:
         counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard)

@@ -23,8 +23,10 @@ A thread running the model *outside* ``inspect`` meanwhile is not stopped; its c
 """
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Iterator
+from itertools import chain, compress, filterfalse
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -76,70 +78,22 @@ def call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: 
     return torch.func.functional_call(model, state, args, kwargs, tie_weights=True, strict=False)
 
 
-class _TensorState:
-    """A tensor's identity and layout: enough to undo ``.data =``, ``resize_``, ``set_``."""
-
-    __slots__ = ("tensor", "storage", "nbytes", "size", "stride", "offset", "requires_grad", "grad")
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.tensor = t
-        self.storage = t.untyped_storage()
-        self.nbytes = self.storage.nbytes()
-        self.size = t.size()
-        self.stride = t.stride()
-        self.offset = t.storage_offset()
-        self.requires_grad = t.requires_grad
-        self.grad = t.grad if t.is_leaf else None
-
-    def changed(self) -> bool:
-        t = self.tensor
-        return (t.untyped_storage()._cdata != self.storage._cdata or t.size() != self.size
-                or t.stride() != self.stride or t.storage_offset() != self.offset)
-
-    def restore(self) -> None:
-        t = self.tensor
-        if self.changed() or self.storage.nbytes() != self.nbytes:
-            with torch.no_grad():
-                if self.storage.nbytes() != self.nbytes:  # resized in place (observers)
-                    self.storage.resize_(self.nbytes)
-                t.set_(self.storage, self.offset, self.size, self.stride)
-        if t.requires_grad != self.requires_grad and t.is_leaf:
-            t.requires_grad_(self.requires_grad)
-        if t.is_leaf and t.grad is not self.grad:
-            t.grad = self.grad
+_is = operator.is_
+_dict_attrs = operator.itemgetter("_parameters", "_buffers", "_modules", *_HOOK_DICTS)
+_version = operator.attrgetter("_version")
+_requires_grad = operator.attrgetter("requires_grad")
+#: Exact types of plain tensor attributes looked for in module dicts (subclasses are rare there).
+_TENSOR_TYPES = frozenset({torch.Tensor, nn.Parameter})
 
 
-class _ModuleState:
-    """A module's attribute dicts, entry by entry."""
-
-    __slots__ = ("module", "attrs", "params", "buffers", "children", "hooks")
-
-    def __init__(self, module: nn.Module) -> None:
-        d = module.__dict__
-        self.module = module
-        self.attrs = d.copy()
-        self.params = d["_parameters"].copy()
-        self.buffers = d["_buffers"].copy()
-        self.children = d["_modules"].copy()
-        self.hooks = [(h, h.copy()) for h in (d.get(n) for n in _HOOK_DICTS) if h]  # non-empty ones
-
-    def restore(self) -> None:
-        d = self.module.__dict__
-        _put_back(d["_parameters"] if "_parameters" in d else self.params, self.params)
-        _put_back(d["_buffers"] if "_buffers" in d else self.buffers, self.buffers)
-        _put_back(d["_modules"] if "_modules" in d else self.children, self.children)
-        for name in _HOOK_DICTS:
-            current = d.get(name)
-            if current and not any(current is h for h, _ in self.hooks):
-                current.clear()  # hooks added to a dict that was empty
-        for hooks, saved in self.hooks:
-            _put_back(hooks, saved)
-        _put_back(d, self.attrs)
+def _plain_strided(t: torch.Tensor) -> bool:
+    return type(t) in _TENSOR_TYPES and t.layout == torch.strided and not t.is_nested
 
 
 def _put_back(current: dict, saved: dict) -> None:
-    """Make ``current`` hold exactly ``saved``'s entries (same objects, same order when it matters)."""
-    if len(current) == len(saved) and all(current.get(k, _MISSING) is v for k, v in saved.items()):
+    """Make ``current`` hold exactly ``saved``'s entries (the same objects)."""
+    if len(current) == len(saved) and all(map(_is, current.values(), saved.values())) \
+            and all(map(_is, current, saved)):
         return
     for key in [k for k in current if k not in saved]:
         del current[key]
@@ -149,6 +103,100 @@ def _put_back(current: dict, saved: dict) -> None:
 
 
 _MISSING = object()
+
+
+class _Dicts:
+    """Every entry of every module's attribute dicts (its __dict__, parameters, buffers, submodules
+    and hook dicts), kept as flat lists, and the dicts that were empty: checking that nothing changed
+    is a few C-level loops, with no bytecode per module."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        owners = list(map(vars, modules))
+        try:
+            inner = list(chain.from_iterable(map(_dict_attrs, owners)))
+        except KeyError:  # a module unpickled from an old torch: some dicts missing
+            names = ("_parameters", "_buffers", "_modules", *_HOOK_DICTS)
+            inner = [d[n] for d in owners for n in names if n in d]
+        dicts = owners + inner
+        self.dicts = list(filter(None, dicts))
+        self.empty = list(filterfalse(None, dicts))  # hook dicts, mostly: they must stay empty
+        self.sizes = list(map(len, self.dicts))
+        self.keys = list(chain.from_iterable(self.dicts))
+        self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Parameters, buffers and plain tensor attributes, as the dicts hold them."""
+        values = self.values
+        return list(compress(values, map(_TENSOR_TYPES.__contains__, map(type, values))))
+
+    def restore(self) -> None:
+        dicts = self.dicts
+        values = list(chain.from_iterable(map(dict.values, dicts)))
+        if not any(self.empty) and len(values) == len(self.values) and all(map(_is, values, self.values)) \
+                and list(chain.from_iterable(dicts)) == self.keys:
+            return
+        for d in self.empty:
+            d.clear()  # entries added where there were none (new hooks, buffers, submodules)
+        start = 0
+        for d, size in zip(dicts, self.sizes):
+            _put_back(d, dict(zip(self.keys[start:start + size], self.values[start:start + size])))
+            start += size
+
+
+class _Tensors:
+    """Identity and layout of the model's tensors (parameters, buffers, plain tensor attributes):
+    enough to undo ``.data =``, ``resize_`` and ``set_``, and to put back ``requires_grad`` and
+    ``.grad``. Taken and checked with C-level maps; restored one by one only where something moved."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        if not all(map(_plain_strided, tensors)):  # sparse, nested, lazy: no storage to keep
+            tensors = [t for t in tensors if t.layout == torch.strided and not t.is_nested
+                       and not isinstance(t, nn.parameter.UninitializedTensorMixin)]
+        # inference tensors keep no version counter: they go last and are always checked one by one
+        inference = sum(map(torch.Tensor.is_inference, tensors))
+        ts = sorted(tensors, key=torch.Tensor.is_inference) if inference else tensors
+        self.counted = len(ts) - inference
+        self.tensors = ts
+        self.storages = list(map(torch.Tensor.untyped_storage, ts))
+        self.nbytes = list(map(torch.UntypedStorage.nbytes, self.storages))
+        self.ptrs = list(map(torch.Tensor.data_ptr, ts))
+        self.versions = list(map(_version, ts[:self.counted]))
+        self.sizes = list(map(torch.Tensor.size, ts))
+        self.strides = list(map(torch.Tensor.stride, ts))
+        self.offsets = list(map(torch.Tensor.storage_offset, ts))
+        self.requires_grad = list(map(_requires_grad, ts))
+        self.grads = [t._grad if t.is_leaf else None for t in ts]
+        self.meta = [i for i, t in enumerate(ts) if t.device.type == "meta"]
+
+    def owned(self) -> dict[int, Any]:
+        """Data pointer -> storage, for every model storage that holds data (copy-on-write)."""
+        return {s.data_ptr(): s for s, n, p in zip(self.storages, self.nbytes, self.ptrs) if n and p}
+
+    def _unchanged(self) -> bool:
+        ts = self.tensors
+        return (self.counted == len(ts) and list(map(_version, ts)) == self.versions
+                and list(map(torch.Tensor.data_ptr, ts)) == self.ptrs
+                and list(map(_requires_grad, ts)) == self.requires_grad
+                and all(map(_is, (t._grad if t.is_leaf else None for t in ts), self.grads))
+                and list(map(torch.UntypedStorage.nbytes, self.storages)) == self.nbytes
+                and all(ts[i].untyped_storage()._cdata == self.storages[i]._cdata for i in self.meta))
+
+    def restore(self) -> None:
+        if self._unchanged():
+            return
+        with torch.no_grad():
+            for i, t in enumerate(self.tensors):
+                storage, nbytes = self.storages[i], self.nbytes[i]
+                if storage.nbytes() != nbytes:  # resized in place (observers)
+                    storage.resize_(nbytes)
+                if t.untyped_storage()._cdata != storage._cdata or t.size() != self.sizes[i] \
+                        or t.stride() != self.strides[i] or t.storage_offset() != self.offsets[i]:
+                    t.set_(storage, self.offsets[i], self.sizes[i], self.strides[i])
+        for t, requires_grad, grad in zip(self.tensors, self.requires_grad, self.grads):
+            if t.is_leaf and t.requires_grad != requires_grad:
+                t.requires_grad_(requires_grad)
+            if t.is_leaf and t._grad is not grad:
+                t.grad = grad
 
 
 class Borrow:
@@ -187,28 +235,23 @@ class Borrow:
         return self
 
     def _snapshot(self) -> None:
-        self.modules = [_ModuleState(m) for _, m in self.tree.modules if not isinstance(m, torch.jit.ScriptModule)]
-        tensors: dict[int, torch.Tensor] = {}
-        for state in self.modules:
-            for value in (*state.params.values(), *state.buffers.values(), *state.attrs.values()):
-                if isinstance(value, torch.Tensor) and id(value) not in tensors:
-                    tensors[id(value)] = value
-        self.tensors = [s for s in map(_tensor_state, tensors.values()) if s is not None]
-        for t in self.tensors:
-            if t.tensor.device.type != "meta" and t.storage.nbytes():
-                self._owned[t.storage.data_ptr()] = t.storage
+        modules = [m for _, m in self.tree.modules if not isinstance(m, torch.jit.ScriptModule)]
+        self.dicts = _Dicts(modules)
+        self.tensors = _Tensors(list({id(t): t for t in self.dicts.tensors()}.values()))
+        self._owned = self.tensors.owned()
         self.globals = {name: getattr(module_mod, name).copy() for name in _GLOBAL_HOOKS
                         if hasattr(module_mod, name)}
         self.cache = (parametrize._cache.copy(), parametrize._cache_enabled)
         parametrize._cache_enabled = 0  # the run neither reads nor fills the user's cached() values
-        self.flags = [(m, m.training) for _, m in self.tree.modules]
+        self.flag_modules = [m for _, m in self.tree.modules]
+        self.flags = [m.training for m in self.flag_modules]
 
     def _enter_mode(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode != "as_is":
             wanted = self.mode == "train"
-            if any(flag != wanted for _, flag in self.flags):
+            if any(flag != wanted for flag in self.flags):
                 self.tree.model.train(wanted)  # train() itself: some modules override it
 
     def __exit__(self, *exc: Any) -> None:
@@ -218,7 +261,7 @@ class Borrow:
             LOCK.release()
 
     def _restore(self) -> None:
-        for module, flag in self.flags:  # pre-order: a parent's train() first, then its children's own
+        for module, flag in zip(self.flag_modules, self.flags):  # pre-order: a parent's train() first
             if module.training != flag:
                 module.train(flag)
         with torch.no_grad():
@@ -226,26 +269,14 @@ class Borrow:
                 if storage.nbytes() != copy.nbytes():
                     storage.resize_(copy.nbytes())
                 storage.copy_(copy)
-        for t in self.tensors:
-            t.restore()
-        for state in self.modules:
-            state.restore()
+        self.tensors.restore()
+        self.dicts.restore()
         for name, saved in self.globals.items():
             _put_back(getattr(module_mod, name), saved)
         cache, enabled = self.cache
         _put_back(parametrize._cache, cache)
         parametrize._cache_enabled = enabled
         self.saved.clear()
-
-
-def _tensor_state(t: torch.Tensor) -> _TensorState | None:
-    """The tensor's state, or None for layouts without a plain storage (sparse, nested, ...)."""
-    if t.layout != torch.strided or t.is_nested or isinstance(t, nn.parameter.UninitializedTensorMixin):
-        return None
-    try:
-        return _TensorState(t)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        return None
 
 
 @contextmanager

@@ -2,8 +2,10 @@
 sums, closed forms) only when a report's layers are first asked for."""
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import compress
 
 import torch
 from torch import nn
@@ -14,6 +16,10 @@ from inspector.collect import Collection, Frame
 from inspector.errors import first_line
 from inspector.records import LayerRecord, OpStat
 from inspector.tree import ModelTree
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+_NBYTES = operator.attrgetter("nbytes")
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,19 @@ def sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
 
 
 def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTotals:
-    params = tree.params
-    size = sizer(dtype)
-    buffers = [b for _, b in tree.buffers]
-    return ParamTotals(params=sum(p.numel() for _, p, _ in params), trainable=sum(p.numel() for _, p, t in params if t),
-                       buffer_elements=sum(b.numel() for b in buffers), param_bytes=sum(size(p) for _, p, _ in params),
-                       buffer_bytes=sum(b.numel() * b.element_size() for b in buffers))
+    """Totals from the tree's unnamed tensor lists, in C-level loops (packed quantized weights are
+    frozen parameters)."""
+    params, buffers = tree.param_tensors, tree.buffer_tensors
+    packed = {id(t) for _, t, _ in tree._packed}
+    trainable = [p for p in compress(params, map(_REQUIRES_GRAD, params)) if id(p) not in packed]
+    if dtype is None:
+        param_bytes = sum(map(_NBYTES, params))
+    else:
+        size = sizer(dtype)
+        param_bytes = sum(map(size, params))
+    return ParamTotals(params=sum(map(torch.Tensor.numel, params)), trainable=sum(map(torch.Tensor.numel, trainable)),
+                       buffer_elements=sum(map(torch.Tensor.numel, buffers)), param_bytes=param_bytes,
+                       buffer_bytes=sum(map(_NBYTES, buffers)))
 
 
 def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[str, tuple[int, int]]:

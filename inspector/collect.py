@@ -13,6 +13,7 @@ thread, are ignored.
 """
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -32,6 +33,10 @@ from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
 _FAILED = object()
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
+_nbytes_of = operator.attrgetter("nbytes")
+_requires_grad = operator.attrgetter("requires_grad")
 
 
 class Frame:
@@ -146,38 +151,45 @@ class Live:
     reference whose callback subtracts its bytes when it dies (storages keep their Python object as
     long as they live; ``weakref.finalize`` would cost ten times as much per storage)."""
 
-    __slots__ = ("now", "peak", "phase", "peak_phase", "_refs", "_keys", "__weakref__")
+    __slots__ = ("now", "peak", "phase", "peak_phase", "_refs", "_free", "__weakref__")
 
     def __init__(self) -> None:
         self.now = 0
         self.peak = 0
         self.phase = "forward"
         self.peak_phase = "forward"
-        self._refs: dict[int, tuple[weakref.ref, int, int]] = {}
-        self._keys: set[int] = set()
+        self._refs: dict[int, _StorageRef] = {}  # storage address -> its reference
+        refs = self._refs
+
+        def free(ref: _StorageRef, owner: weakref.ref = weakref.ref(self)) -> None:
+            live = owner()
+            if refs.get(ref.key) is ref:
+                del refs[ref.key]
+                if live is not None:
+                    live.now -= ref.nbytes
+        self._free = free
 
     def add(self, tensor: torch.Tensor) -> None:
+        """A tensor an op allocated; a storage already counted (an op handing back its input
+        without saying so in its schema) is counted once."""
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # nested or sparse: no single storage
             return
         key = storage._cdata
-        if key in self._keys:
+        if key in self._refs:
             return
-        nbytes = storage.nbytes()
-        ref = weakref.ref(storage, self._free)
-        self._refs[id(ref)] = (ref, nbytes, key)
-        self._keys.add(key)
-        self.now += nbytes
+        ref = _StorageRef(storage, self._free)
+        ref.key, ref.nbytes = key, storage.nbytes()
+        self._refs[key] = ref
+        self.now += ref.nbytes
         if self.now > self.peak:
             self.peak = self.now
             self.peak_phase = self.phase
 
-    def _free(self, ref: weakref.ref) -> None:
-        entry = self._refs.pop(id(ref), None)
-        if entry is not None:
-            self.now -= entry[1]
-            self._keys.discard(entry[2])
+
+class _StorageRef(weakref.ref):
+    __slots__ = ("key", "nbytes")
 
 
 #: Kernels that write running statistics without declaring it in their schema: (training-flag
@@ -188,7 +200,8 @@ _UNDECLARED_WRITES = {"native_batch_norm": (5, (3, 4)), "cudnn_batch_norm": (5, 
 
 @dataclass(frozen=True)
 class OpInfo:
-    """What the counter needs to know about one op overload, worked out once per process and table."""
+    """What the counter needs to know about one op overload, worked out once per process and table
+    (``guarded`` and ``counts`` are derived once, in ``describe``)."""
 
     name: str
     formula: Callable[..., int] | None
@@ -199,6 +212,25 @@ class OpInfo:
     undeclared: tuple[int, tuple[int, ...]] | None
     data_dependent: bool
 
+    guarded: bool = False  # writes something: the guard sees it first
+    counts: bool = False   # has a MAC formula or an elementwise cost
+
+
+#: OpInfo by (op, formula table, convention), shared by every counting pass: an op is described once
+#: per process. A table is identified by its object and the registry's size (registering a formula
+#: makes a new key).
+_INFOS: dict[tuple[int, int, str], dict[Any, OpInfo]] = {}
+
+
+def infos_for(table: dict, convention: Convention) -> dict[Any, OpInfo]:
+    key = (id(table), len(table), convention.name)
+    found = _INFOS.get(key)
+    if found is None:
+        if table is not op_formulas.OP_FORMULAS.table:  # a per-call table: not kept beyond this pass
+            return {}
+        found = _INFOS[key] = {}
+    return found
+
 
 def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
     name = f"{func.namespace}.{func._schema.name.split('::')[-1]}"
@@ -208,10 +240,12 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
     writes = tuple(a.name if a.kwarg_only else i for i, a in enumerate(schema.arguments)
                    if a.alias_info is not None and a.alias_info.is_write)
     tags = getattr(func, "tags", ())
-    return OpInfo(name=name, formula=formula, extra=convention.extra(func) if convention.extra else None,
-                  allocates=not aliases, suspicious=formula is None and bool(MATMUL_LIKE.search(name)),
-                  writes=writes, undeclared=_UNDECLARED_WRITES.get(schema.name.split("::")[-1]),
-                  data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags)
+    extra = convention.extra(func) if convention.extra else None
+    undeclared = _UNDECLARED_WRITES.get(schema.name.split("::")[-1])
+    return OpInfo(name=name, formula=formula, extra=extra, allocates=not aliases,
+                  suspicious=formula is None and bool(MATMUL_LIKE.search(name)), writes=writes, undeclared=undeclared,
+                  data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags,
+                  guarded=bool(writes or undeclared), counts=formula is not None or extra is not None)
 
 
 WriteGuard = Callable[[torch.Tensor], None]
@@ -243,30 +277,63 @@ class OpCounter(TorchDispatchMode):
         self.bw_stack: list[Frame] = []
         self.recomputing: set[int] = set()  # frames whose forward is being recomputed (checkpointing)
         self.sink: Frame | None = None  # when set, every op is charged here (loss, optimizer step)
-        self._info: dict[Any, OpInfo] = {} if infos is None else infos
+        self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None, 0)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        # the hot path: one call per aten op of the forward; kept flat on purpose
         info = self._info.get(func)
         if info is None:
             info = self._info[func] = describe(func, self.table, self.convention)
-        if self.guard is not None and (info.writes or info.undeclared):
+        if info.guarded and self.guard is not None:
             self._before_write(info, args, kwargs)
         try:
             out = func(*args, **kwargs) if kwargs else func(*args)
         except Exception:
             self.failed_op = info.name
             raise
-        backward = self.backward and self.sink is None
+        if self.backward or self.sink is not None:
+            self._elsewhere(info, args, kwargs, out)
+        else:
+            stack = self.stack
+            frame = stack[-1] if stack else self.outside
+            macs = 0
+            if info.counts:
+                macs, flops = self._count(info, args, kwargs, out)
+                frame.macs += macs
+                frame.flops += flops
+            elif info.suspicious:
+                self.uncounted[info.name] = self.uncounted.get(info.name, 0) + 1
+            stat = frame.ops.get(info.name)
+            if stat is None:
+                frame.ops[info.name] = [1, macs]
+            else:
+                stat[0] += 1
+                stat[1] += macs
+        if info.allocates and self.track_memory:
+            if type(out) is torch.Tensor:
+                self.live.add(out)
+            elif isinstance(out, (tuple, list)):
+                for t in out:
+                    if isinstance(t, torch.Tensor):
+                        self.live.add(t)
+            elif isinstance(out, torch.Tensor):
+                self.live.add(out)
+        return out
+
+    def _elsewhere(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> None:
+        """An op of the backward pass (charged to the innermost call whose backward runs), or of the
+        loss or optimizer step (charged to ``sink``)."""
+        backward = self.sink is None
         if backward:
             frame = self.bw_stack[-1] if self.bw_stack else self.outside
             ops = frame.bw_ops
         else:
-            frame = self.sink or (self.stack[-1] if self.stack else self.outside)
+            frame = self.sink  # type: ignore[assignment]
             ops = frame.ops
-        macs = flops = 0
-        if info.formula is not None or info.extra is not None:
+        macs = 0
+        if info.counts:
             macs, flops = self._count(info, args, kwargs, out)
             if backward:
                 frame.bw_macs += macs
@@ -284,14 +351,6 @@ class OpCounter(TorchDispatchMode):
         else:
             stat[0] += 1
             stat[1] += macs
-        if self.track_memory and info.allocates:
-            if isinstance(out, torch.Tensor):
-                self.live.add(out)
-            elif isinstance(out, (tuple, list)):
-                for t in out:
-                    if isinstance(t, torch.Tensor):
-                        self.live.add(t)
-        return out
 
     def _count(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> tuple[int, int]:
         shapes = [_op_shapes(a) for a in args]
@@ -345,7 +404,8 @@ class Collection:
 class Collector:
     """The two process-wide hooks, pushing and popping frames on a stack shared with the counter."""
 
-    def __init__(self, tree: ModelTree, timer: Callable[[], Any] | None = None, capture: bool = True) -> None:
+    def __init__(self, tree: ModelTree, timer: Callable[[], Any] | None = None, capture: bool = True,
+                 grads: bool = False) -> None:
         self.tree = tree
         self.names = tree.first_names
         self.shared = tree.shared_ids
@@ -359,6 +419,7 @@ class Collector:
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self.redirect: Any = None  # during backward: recomputed calls go to redirect.pre/post (training)
+        self.grads = grads  # record whether inputs require grad (a training step)
 
     def _name(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names is named by the parent that called it."""
@@ -422,9 +483,9 @@ class Collector:
             self.failed = None  # this call caught its descendant's exception and went on
         if self.capture:
             self._inputs(frame, args, kwargs)
-            if isinstance(output, torch.Tensor):
-                frame.outputs = (_tensor_shape(output),)
-                frame.output_bytes = _numel(output) * output.element_size()
+            if type(output) is torch.Tensor and not output.is_nested:
+                frame.outputs = (output.shape,)
+                frame.output_bytes = output.nbytes
             else:
                 leaves = tensor_leaves(output)
                 frame.outputs = tuple(_tensor_shape(t) for t in leaves)
@@ -439,16 +500,21 @@ class Collector:
             frame = self.frames[frame.parent]
         return False
 
-    @staticmethod
-    def _inputs(frame: Frame, args: tuple, kwargs: dict | None) -> None:
-        if not kwargs and all(isinstance(a, torch.Tensor) for a in args):  # the common case
-            leaves = list(args)
-            frame.args = frame.input_shapes = tuple(_tensor_shape(a) for a in args)
-        else:
-            leaves = tensor_leaves((args, kwargs or {}))
-            frame.args = tuple(shape_of(a) for a in args)
-            frame.kwargs = {k: shape_of(v) for k, v in (kwargs or {}).items()}
-            frame.input_shapes = tuple(_tensor_shape(t) for t in leaves)
+    def _inputs(self, frame: Frame, args: tuple, kwargs: dict | None) -> None:
+        if not kwargs:
+            try:  # the common case, in C-level loops: every argument a plain tensor
+                frame.args = frame.input_shapes = tuple(map(_shape, args))
+                frame.input_dtypes = tuple(map(_dtype, args))
+                frame.input_bytes = sum(map(_nbytes_of, args))
+                if self.grads:
+                    frame.grad_input = any(map(_requires_grad, args))
+                return
+            except (AttributeError, RuntimeError):  # a non-tensor, or a nested tensor
+                pass
+        leaves = tensor_leaves((args, kwargs or {}))
+        frame.args = tuple(shape_of(a) for a in args)
+        frame.kwargs = {k: shape_of(v) for k, v in (kwargs or {}).items()}
+        frame.input_shapes = tuple(_tensor_shape(t) for t in leaves)
         frame.input_dtypes = tuple(t.dtype for t in leaves)
         frame.input_bytes = _nbytes(leaves)
         frame.grad_input = any(t.requires_grad for t in leaves)

@@ -7,12 +7,19 @@ same order and with the same de-duplication rules as torch's own iterators.
 """
 from __future__ import annotations
 
+import operator
 from functools import cached_property
+from itertools import chain, compress
 
 import torch
 from torch import nn
 
 NamedParam = tuple[str, torch.Tensor, bool]  # qualified name, tensor, trainable
+_PARAMETERS = operator.attrgetter("_parameters")
+_BUFFERS = operator.attrgetter("_buffers")
+_DEVICE = operator.attrgetter("device")
+_DTYPE = operator.attrgetter("dtype")
+_VALUES = operator.methodcaller("values")  # dicts, and TorchScript's dict wrappers
 
 
 def packed_weights(module: nn.Module) -> list[torch.Tensor]:
@@ -74,6 +81,23 @@ class ModelTree:
                 self.modules.append((name, module))
 
     @cached_property
+    def module_list(self) -> list[nn.Module]:
+        return [m for _, m in self.modules]
+
+    @cached_property
+    def param_tensors(self) -> list[torch.Tensor]:
+        """Unique parameters (tied tensors once), then packed quantized weights; no names (C-level
+        loops: the totals of a report need no more)."""
+        dicts = map(_PARAMETERS, self.module_list)
+        unique = {id(p): p for p in chain.from_iterable(map(_VALUES, dicts)) if p is not None}
+        return [*unique.values(), *(t for _, t, _ in self._packed)]
+
+    @cached_property
+    def buffer_tensors(self) -> list[torch.Tensor]:
+        dicts = map(_BUFFERS, self.module_list)
+        return list({id(b): b for b in chain.from_iterable(map(_VALUES, dicts)) if b is not None}.values())
+
+    @cached_property
     def first_names(self) -> dict[int, str]:
         """id(module) -> its first qualified name: how the hooks recognise the model's modules."""
         return {id(m): name for name, m in self.modules}
@@ -124,10 +148,13 @@ class ModelTree:
     @cached_property
     def has_tied_params(self) -> bool:
         """Whether some parameter is reachable under two names (tied weights or a shared module)."""
-        return len(self.param_paths) != len(self.params)
+        every = chain.from_iterable(map(_VALUES, map(_PARAMETERS, (m for _, m in self.paths))))
+        return sum(1 for p in every if p is not None) != len(self.param_tensors) - len(self._packed)
 
     @cached_property
     def _packed(self) -> list[NamedParam]:
+        if not any(".quantized" in t.__module__ for t in set(map(type, self.module_list))):
+            return []
         return [(_join(prefix, f"packed{i}"), t, False)
                 for prefix, module in self.modules for i, t in enumerate(packed_weights(module))]
 
@@ -146,10 +173,10 @@ class ModelTree:
     @cached_property
     def devices(self) -> frozenset[torch.device]:
         """Every device the model's parameters and buffers are on."""
-        return frozenset({t.device for _, t, _ in self.params} | {b.device for _, b in self.buffers})
+        return frozenset(map(_DEVICE, chain(self.param_tensors, self.buffer_tensors)))
 
     @cached_property
     def float_dtypes(self) -> frozenset[torch.dtype]:
         """The dtypes of its floating parameters and buffers."""
-        tensors = [t for _, t, _ in self.params] + [b for _, b in self.buffers]
-        return frozenset(t.dtype for t in tensors if t.is_floating_point())
+        tensors = [*self.param_tensors, *self.buffer_tensors]
+        return frozenset(map(_DTYPE, compress(tensors, map(torch.Tensor.is_floating_point, tensors))))
