@@ -206,7 +206,9 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
     collector = Collector(tree, grads=opts.backward)
     training = times = timing = None
     with Borrow(tree, opts.mode) as borrow:
-        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard)
+        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard, meta=target.type == "meta")
+        if target.type == "meta" and not opts.backward:
+            collector.fuse_rnns(counter)
         if opts.backward:
             from inspector.training import train_step
 

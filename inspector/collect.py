@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from inspector import op_formulas
+from inspector import meta_fast, op_formulas
 from inspector.conventions import Convention
 from inspector.op_formulas import MATMUL_LIKE, Nested
 from inspector.tree import ModelTree
@@ -214,6 +214,7 @@ class OpInfo:
 
     guarded: bool = False  # writes something: the guard sees it first
     counts: bool = False   # has a MAC formula or an elementwise cost
+    fast: Callable[..., Any] | None = None  # a fast meta kernel (inspector.meta_fast)
 
 
 #: OpInfo by (op, formula table, convention), shared by every counting pass: an op is described once
@@ -245,7 +246,8 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
     return OpInfo(name=name, formula=formula, extra=extra, allocates=not aliases,
                   suspicious=formula is None and bool(MATMUL_LIKE.search(name)), writes=writes, undeclared=undeclared,
                   data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags,
-                  guarded=bool(writes or undeclared), counts=formula is not None or extra is not None)
+                  guarded=bool(writes or undeclared), counts=formula is not None or extra is not None,
+                  fast=meta_fast.lookup(func))
 
 
 WriteGuard = Callable[[torch.Tensor], None]
@@ -262,8 +264,9 @@ class OpCounter(TorchDispatchMode):
         return False
 
     def __init__(self, stack: list[Frame], table: dict, convention: Convention, guard: WriteGuard | None = None,
-                 track_memory: bool = True, infos: dict | None = None) -> None:
+                 track_memory: bool = True, infos: dict | None = None, meta: bool = False) -> None:
         super().__init__()
+        self.meta = meta  # the run is on the meta device: fast meta kernels where there are some
         self.stack = stack
         self.table = table
         self.convention = convention
@@ -289,7 +292,11 @@ class OpCounter(TorchDispatchMode):
         if info.guarded and self.guard is not None:
             self._before_write(info, args, kwargs)
         try:
-            out = func(*args, **kwargs) if kwargs else func(*args)
+            out = NotImplemented
+            if self.meta and info.fast is not None:
+                out = meta_fast.run(info.fast, func, args, kwargs)
+            if out is NotImplemented:
+                out = func(*args, **kwargs) if kwargs else func(*args)
         except Exception:
             self.failed_op = info.name
             raise
@@ -351,6 +358,28 @@ class OpCounter(TorchDispatchMode):
         else:
             stat[0] += 1
             stat[1] += macs
+
+    def charge_fused(self, packet: Any, args: tuple, out: tuple) -> None:
+        """A fused op answered outside the dispatcher (``meta_fast.FusedRNN``): counted like any op,
+        with the registry's formula, on the innermost call."""
+        formula = self.table.get(packet)
+        name = f"aten.{packet._qualified_op_name.split('::')[-1]}"
+        frame = self.stack[-1] if self.stack else self.outside
+        macs = 0
+        if formula is not None:
+            try:
+                macs = int(formula(*map(_op_shapes, args), out_shape=_out_shapes(out)))
+            except Exception as exc:  # noqa: BLE001 - reported, never fatal
+                self.formula_errors.setdefault(name, f"{type(exc).__name__}: {exc}")
+        elif MATMUL_LIKE.search(name):
+            self.uncounted[name] = self.uncounted.get(name, 0) + 1
+        frame.macs += macs
+        stat = frame.ops.setdefault(name, [0, 0])
+        stat[0] += 1
+        stat[1] += macs
+        if self.track_memory:
+            for t in out:
+                self.live.add(t)
 
     def _count(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> tuple[int, int]:
         shapes = [_op_shapes(a) for a in args]
@@ -420,6 +449,16 @@ class Collector:
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self.redirect: Any = None  # during backward: recomputed calls go to redirect.pre/post (training)
         self.grads = grads  # record whether inputs require grad (a training step)
+        #: id(RNN module) -> its fused-op mode, on the meta device without autograd (see meta_fast)
+        self.fused_rnn: dict[int, Any] = {}
+        self._fused: list[Any] = []
+
+    def fuse_rnns(self, counter: OpCounter) -> None:
+        """Count RNN modules as their fused op (meta device, no autograd): one op, not one per step."""
+        from inspector.meta_fast import FusedRNN
+
+        self.fused_rnn = {id(m): FusedRNN(counter.charge_fused) for _, m in self.tree.modules
+                          if isinstance(m, nn.RNNBase)}
 
     def _name(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names is named by the parent that called it."""
@@ -439,6 +478,8 @@ class Collector:
             return
         if id(module) in self.shared:
             name = self._name(module, name)
+        if id(module) in self.fused_rnn:
+            self._fused.append(self.fused_rnn[id(module)].__enter__())
         stack = self.stack
         key = id(module)
         call = self._calls.get(key, 0)
@@ -469,6 +510,8 @@ class Collector:
             while stack[-1].module is not module:  # defensive: calls that never closed
                 stack.pop()
         frame = stack.pop()
+        if self._fused and id(module) in self.fused_rnn:
+            self._fused.pop().__exit__(None, None, None)
         if self.timer is not None:
             start = self.marks[frame.index][0]
             self.marks[frame.index] = (start, end)

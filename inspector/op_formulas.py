@@ -309,7 +309,10 @@ def mkldnn_rnn_layer_backward_macs(x: Shape, w_ih: Shape, w_hh: Shape, *_: Any, 
 
 
 def _weight_list(args: Sequence[Any]) -> Sequence[Shape]:
-    return next(a for a in args if isinstance(a, tuple) and a and isinstance(a[0], torch.Size))
+    """The flat list of weight shapes: the first list of shapes holding a matrix (an LSTM's (h0, c0)
+    state list comes first and holds 3-D shapes only)."""
+    return next(a for a in args if isinstance(a, tuple) and a and isinstance(a[0], torch.Size)
+                and any(len(w) == 2 for w in a))
 
 
 @op_formula("aten.lstm", "aten.gru", "aten.rnn_tanh", "aten.rnn_relu", "aten._cudnn_rnn", "aten.miopen_rnn",

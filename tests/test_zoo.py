@@ -7,6 +7,15 @@ from inspector.sources import torchvision_source as zoo
 from tests.conftest import assert_state_equal, hook_count, state_snapshot
 
 CLASSIFICATION = zoo.list_names("classification")
+
+
+@pytest.fixture(autouse=True)
+def check_fast_meta_kernels(monkeypatch):
+    """Every fast meta kernel's output is compared with the real meta kernel's on every model here
+    (shape, strides, dtype); any difference fails the test."""
+    from inspector import meta_fast
+
+    monkeypatch.setattr(meta_fast, "CHECK", True)
 EXACT_FAMILIES = zoo.list_names("segmentation") + zoo.list_names("video")
 
 
