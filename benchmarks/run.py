@@ -1,12 +1,15 @@
 """Speed and accuracy of inspector against a plain forward pass and the peers, in one run.
 
     .venv/bin/pip install thop ptflops torchinfo fvcore   # peers: benchmark-only, never project deps
-    .venv/bin/python benchmarks/run.py [--repeat 3] [--out benchmarks/RESULTS.md]
+    .venv/bin/python benchmarks/run.py [--repeat 9] [--device cuda] [--quick]
 
-Per tool and model: median time of one counting call / median plain no_grad forward (same process,
-interleaved rounds), and the MACs deviation from torchvision's published _ops. Also the floor any
-hook + dispatch-mode counter pays, a cProfile of inspect(), the meta-device targets and the measured
-device peak. Peers that are not installed are skipped.
+Per model (published input, batch 1): the time of one counting call / one plain no_grad forward,
+for inspector, the peers installed and the floor of any hook + dispatch-mode counter, in interleaved
+rounds; inspector's first call on a freshly built model; inspector's own cost over the floor; the
+MACs deviation from torchvision's published _ops. Then batch 32, counting on meta against counting on
+the CPU (plus timm's sequencer2d_s, an LSTM model), the meta-device targets (all classification models,
+vit_h_14, a Llama-2-70B-sized config and a Llama-7B training step), a cProfile of inspect() and the
+device peak. Peers that are not installed are skipped. Timing claims live here, never in the tests.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -33,11 +37,12 @@ warnings.filterwarnings("ignore")
 
 from inspector import inspect  # noqa: E402
 from inspector.render import tabulate  # noqa: E402
-from inspector.timing import measure_peak  # noqa: E402
 from inspector.sources import torchvision_source as zoo  # noqa: E402
+from inspector.timing import measure_peak  # noqa: E402
 
 MODELS = ["resnet50", "vit_b_16", "efficientnet_b0", "convnext_tiny", "swin_t", "mobilenet_v3_large",
           "inception_v3", "maxvit_t"]
+PEERS = ["FlopCounterMode", "ptflops", "torchinfo", "fvcore", "thop"]
 
 
 def _ours(model, x):
@@ -108,23 +113,10 @@ def _noop_hooks(model):
             h.remove()
 
 
-def _floor_mode(model, x):
-    with _NoopMode(), torch.no_grad():
-        model(x)
-
-
-def _floor_hooks(model, x):
-    with _noop_hooks(model), torch.no_grad():
-        model(x)
-
-
-def _floor_both(model, x):
+def _floor(model, x):
+    """No-op hooks on every module plus a forwarding dispatch mode: per-layer, per-op counting's floor."""
     with _noop_hooks(model), _NoopMode(), torch.no_grad():
         model(x)
-
-
-FLOORS: dict[str, Callable] = {"noop hooks": _floor_hooks, "noop dispatch mode": _floor_mode,
-                               "both (floor)": _floor_both}
 
 
 def _available(name: str) -> bool:
@@ -143,17 +135,17 @@ def _sync_for(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per function, measured in rounds (plain forward, then each function once), so
-    that drift of a shared, noisy machine hits every column alike."""
-    times: dict[str, list[float]] = {"forward": [], **{k: [] for k in fns}}
+def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable[[], None]) -> dict[str, Any]:
+    """Median seconds per function, in rounds (plain forward, then each function once), so that a
+    shared machine's drift hits every column alike. A function failing is a result, not a crash."""
+    times: dict[str, Any] = {"forward": [], **{k: [] for k in fns}}
     with torch.no_grad():
         model(x)
-    for name, fn in fns.items():  # warm-up, and a tool failing here is a result, not a crash
+    for name, fn in fns.items():
         try:
             fn(model, x)
-        except Exception as exc:
-            times[name] = exc  # type: ignore[assignment]
+        except Exception as exc:  # noqa: BLE001
+            times[name] = exc
     for _ in range(repeat):
         with torch.no_grad():
             sync()
@@ -172,81 +164,107 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
     return {k: v if isinstance(v, Exception) else statistics.median(v) for k, v in times.items()}
 
 
-_MEMORY_PROBE = """
-import sys, time, tracemalloc
-sys.path.insert(0, {root!r})
+def _first_call(name: str, device: str, sync: Callable[[], None]) -> tuple[float, float]:
+    """inspect() on a model built just before, in a fresh process (nothing warmed up or cached: the
+    op descriptions, the dispatch rules), and that process's second plain forward, in seconds."""
+    code = f"""
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {str(ROOT)!r})
+import torch
 from inspector import inspect
 from inspector.sources import torchvision_source as zoo
+model = zoo.torchvision_model({name!r}, device={device!r}); (x,) = zoo.example_inputs({name!r}, {device!r})
+start = time.perf_counter(); inspect(model, x).total_macs; first = time.perf_counter() - start
+with torch.no_grad():
+    model(x); start = time.perf_counter(); model(x); forward = time.perf_counter() - start
+print(first, forward)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+_MEMORY_PROBE = """
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {root!r})
+import torch
+from inspector import inspect
 
 def rss(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
+{setup}
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak-RSS mark: import-time peaks are not ours
 base = rss("VmRSS:")
-tracemalloc.start()
 start = time.perf_counter()
-report = inspect(zoo.torchvision_model("vit_h_14", device="meta"))
+{work}
 seconds = time.perf_counter() - start
-python_peak = tracemalloc.get_traced_memory()[1]
-print(seconds, rss("VmHWM:") - base, python_peak, report.total_params)
+print(seconds, rss("VmHWM:") - base)
 """
 
+_PROBES = {
+    "vit_h_14": ("from inspector.sources import torchvision_source as zoo",
+                 "report = inspect(zoo.torchvision_model('vit_h_14', device='meta'))"),
+    "llama70b": ("import transformers",
+                 "config = transformers.LlamaConfig(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, "
+                 "num_key_value_heads=8, intermediate_size=28672, vocab_size=32000)\n"
+                 "with torch.device('meta'):\n    model = transformers.LlamaForCausalLM(config)\n"
+                 "report = inspect(model, {'input_ids': torch.randint(0, 32000, (1, 128), device='meta')}, "
+                 "device='meta')"),
+    "llama7b_step": ("import transformers",
+                     "config = transformers.LlamaConfig(hidden_size=4096, num_hidden_layers=32, "
+                     "intermediate_size=11008, vocab_size=32000)\n"
+                     "with torch.device('meta'):\n    model = transformers.LlamaForCausalLM(config)\n"
+                     "report = inspect(model, {'input_ids': torch.randint(0, 32000, (1, 512), device='meta')}, "
+                     "device='meta', backward=True, optimizer='adamw')"),
+}
 
-def _vit_h_on_meta() -> tuple[float, int, int, int]:
-    """vit_h_14 built and inspected on meta in a fresh process: seconds (under tracemalloc), peak RSS
-    over the RSS after imports, peak Python allocations (bytes), and its parameter count."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE.format(root=str(ROOT))], check=True,
-                         capture_output=True, text=True).stdout.split()
-    return float(out[0]), int(out[1]), int(out[2]), int(out[3])
+
+def _probe(which: str) -> tuple[float, int]:
+    """Seconds (building included) and peak RSS above the RSS after imports, in a fresh process."""
+    setup, work = _PROBES[which]
+    code = _MEMORY_PROBE.format(root=str(ROOT), setup=setup, work=work)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), int(out[1])
 
 
-def _phases(model, x, repeat: int, sync: Callable[[], None]) -> list[float]:
-    """Median ms of each phase of one inspect() call, replayed step by step with the same internals:
-    setup (module tree, inputs, substitution check), attach (training flags, buffer clones, hooks),
-    the counted forward, detach (hooks off, buffers and flags back), build (records, closed forms)."""
-    from inspector import borrow, inputs as inputs_mod
-    from inspector.api import _resolve_device, _unwrap
-    from inspector.build import build_records
-    from inspector.collect import Collector, OpCounter
-    from inspector.tree import ModelTree
+def _meta_against_cpu(name: str, repeat: int) -> tuple[float, float, bool]:
+    """Median seconds of inspect() on meta and on the CPU (built on each), and whether the counts agree."""
+    if name.startswith("timm:"):
+        import timm
 
-    samples: list[list[float]] = [[] for _ in range(5)]
+        def build(device: str):
+            with torch.device(device):
+                return timm.create_model(name[5:], pretrained=False).eval()
+        shape = (1, 3, 224, 224)
+        models = {d: build(d) for d in ("cpu", "meta")}
+        inputs = {d: torch.randn(shape, device=d) for d in ("cpu", "meta")}
+    else:
+        models = {d: zoo.torchvision_model(name, device=d) for d in ("cpu", "meta")}
+        inputs = {d: zoo.example_inputs(name, d)[0] for d in ("cpu", "meta")}
+    counts, times = {}, {"cpu": [], "meta": []}
+    for device in ("cpu", "meta"):
+        counts[device] = inspect(models[device], inputs[device]).total_macs
     for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        model_, notes = _unwrap(model)
-        tree = ModelTree(model_)
-        target = _resolve_device(tree, None)
-        args, kw, _ = inputs_mod.resolve(model_, x, None, None)
-        state = borrow.substitute_state(tree, target, None)
-        collector = Collector(tree)
-        counter = OpCounter(collector.stack)
-        t1 = time.perf_counter()
-        with borrow.lent(tree, "eval", state), collector.hooks(), torch.no_grad():
-            t2 = time.perf_counter()
-            with counter:
-                borrow.call(model_, state, args, kw)
-            sync()
-            t3 = time.perf_counter()
-        t4 = time.perf_counter()
-        build_records(tree, collector.frames, counter, notes, args, kw, target, None, "eval", None)
-        t5 = time.perf_counter()
-        for i, (a, b) in enumerate([(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]):
-            samples[i].append((b - a) * 1e3)
-    return [statistics.median(s) for s in samples]
+        for device in ("cpu", "meta"):
+            start = time.perf_counter()
+            inspect(models[device], inputs[device]).total_macs
+            times[device].append(time.perf_counter() - start)
+    return statistics.median(times["meta"]), statistics.median(times["cpu"]), counts["cpu"] == counts["meta"]
 
 
-def _profile(name: str, device: str, top: int = 12) -> str:
-    """cProfile of one inspect() call: where the counting overhead goes, by own time."""
+def _profile(name: str, device: str, top: int = 14) -> str:
+    """cProfile of five inspect() calls: where the counting overhead goes, by own time."""
     model = zoo.torchvision_model(name, device=device)
     (x,) = zoo.example_inputs(name, device)
     inspect(model, x)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(5):
-        inspect(model, x)
+        inspect(model, x).total_macs
     profiler.disable()
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
@@ -258,118 +276,154 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def _targets(rows: list[tuple[str, float, float]], meta_all: float, vit_s: float, vit_growth: int,
-             device: str) -> list[str]:
-    """The issue's targets against this run's figures, each marked met or not met."""
-    met = [n for n, ours, _ in rows if ours <= 1.15]
-    floor_over = [n for n, _, floor in rows if floor > 1.15]
-    lines = [
-        f"- Counting at ≤ 1.15× a plain forward on {device}: {_mark(len(met) == len(rows))} "
-        f"({len(met)} of {len(rows)}: {', '.join(met) or 'none'}). inspector ranges "
-        f"{min(o for _, o, _ in rows):.2f}–{max(o for _, o, _ in rows):.2f}×.",
-        f"  - The floor (no-op hooks + a forwarding dispatch mode, nothing counted) is already above 1.15× on "
-        f"{len(floor_over)} of {len(rows)} ({', '.join(floor_over) or 'none'}): there no hook-and-dispatch-mode "
-        "counter can meet the target, however lean its own code.",
-    ]
-    for name, ours, floor in rows:
-        lines.append(f"  - {name}: floor {floor:.2f}×, inspector {ours:.2f}× ({ours - floor:+.2f} of its own)")
-    lines += [
-        f"- All 80 classification models on meta in ≤ 15 s: {_mark(meta_all <= 15)} ({meta_all:.1f} s)",
-        f"- vit_h_14 on meta in < 2 s: {_mark(vit_s < 2)} ({vit_s:.2f} s); with < 0.5 GB peak memory: "
-        f"{_mark(vit_growth < 0.5 * 2**30)} ({vit_growth / 2**20:.0f} MiB)",
-    ]
-    return lines
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--repeat", type=int, default=9)
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models, inputs and timing run")
     p.add_argument("--out", default=None, help="default: RESULTS.md on CPU, RESULTS-cuda.md on CUDA")
+    p.add_argument("--quick", action="store_true", help="skip batch 32, the probes and the all-models runs")
     args = p.parse_args()
     device = args.device
     sync = _sync_for(device)
     out = args.out or str(Path(__file__).with_name("RESULTS.md" if device == "cpu" else "RESULTS-cuda.md"))
-    tools = [t for t in TOOLS if _available(t)]
-    ratio_rows, dev_rows, floor_rows = [], [], []
-    target_rows: list[tuple[str, float, float]] = []
-    phase_rows: list[list[str]] = []
+    peers = [t for t in PEERS if _available(t)]
+    ratio_rows, dev_rows, own_rows, batch_rows, meta_rows = [], [], [], [], []
+    verdicts: dict[str, list[str]] = {"peer": [], "own": [], "batch": [], "meta": []}
     for name in args.models:
         model = zoo.torchvision_model(name, device=device)
         (x,) = zoo.example_inputs(name, device)
         published = zoo.entry(name).gmacs
-        fns = {**{t: TOOLS[t] for t in tools}, **FLOORS}
+        fns = {"inspector": _ours, **{t: TOOLS[t] for t in peers}, "floor": _floor}
         times = _interleaved(model, x, fns, args.repeat, sync)
         forward = times["forward"]
 
-        def ratio(key: str) -> str:
-            return "fails" if isinstance(times[key], Exception) else f"{times[key] / forward:.2f}"
+        def ratio(key: str) -> float | None:
+            return None if isinstance(times[key], Exception) else times[key] / forward
 
-        ratio_rows.append([name, f"{forward * 1e3:.1f}", *(ratio(t) for t in tools)])
+        first, first_forward = _first_call(name, device, sync)
+        ours = ratio("inspector")
+        peer_ratios = {t: ratio(t) for t in peers}
+        best_peer = min((v for v in peer_ratios.values() if v is not None), default=None)
+        cells = [f"{v:.2f}" if v is not None else "fails" for v in peer_ratios.values()]
+        ratio_rows.append([name, f"{forward * 1e3:.1f}", f"{ours:.2f}", *cells, f"{ratio('floor'):.2f}",
+                           f"{first / first_forward:.2f}"])
+        if best_peer is not None:
+            verdicts["peer"].append(f"{name}: inspector {ours:.2f}× vs the lowest peer {best_peer:.2f}× — "
+                                    f"{_mark(ours <= best_peer)}")
+        own = (times["inspector"] - times["floor"]) / forward
+        own_rows.append([name, f"{ratio('floor'):.2f}", f"{ours:.2f}", f"{(times['inspector'] - times['floor']) * 1e3:+.1f}",
+                         f"{own:+.3f}"])
+        verdicts["own"].append(f"{name}: {own:+.3f}× of a forward — {_mark(own <= 0.05)}")
         devs = [name, f"{published:.3f}"]
-        for tool in tools:
+        for tool in ["inspector", *peers]:
             try:
                 devs.append(f"{100 * (TOOLS[tool](model, x) / 1e9 / published - 1):+.1f}%")
-            except Exception as exc:  # a peer failing on a model is a result, not a crash
+            except Exception as exc:  # noqa: BLE001 - a peer failing on a model is a result
                 devs.append(type(exc).__name__)
         dev_rows.append(devs)
-        floor = times["both (floor)"]
-        ours = times["inspector"]
-        target_rows.append((name, ours / forward, floor / forward))
-        floor_rows.append([name, *(ratio(k) for k in FLOORS), ratio("inspector"),
-                           f"{(floor - forward) * 1e3:.1f}", f"{(ours - floor) * 1e3:.1f}"])
-        phases = _phases(model, x, args.repeat, sync)
-        phase_rows.append([name, f"{forward * 1e3:.1f}", f"{floor * 1e3:.1f}", *(f"{p:.1f}" for p in phases),
-                           f"{sum(phases) - phases[2]:.1f}", f"{phases[2] - floor * 1e3:+.1f}"])
-        print(name, ratio_rows[-1][1:], devs[1:], floor_rows[-1][1:], phase_rows[-1][1:], flush=True)
-    meta_start = time.perf_counter()
-    for name in zoo.list_names("classification"):
-        inspect(zoo.torchvision_model(name, device="meta"))
-    meta_all = time.perf_counter() - meta_start
-    vit_start = time.perf_counter()
-    inspect(zoo.torchvision_model("vit_h_14", device="meta"))
-    vit_s = time.perf_counter() - vit_start
-    _, vit_growth, vit_python, vit_params = _vit_h_on_meta()
+        print(name, ratio_rows[-1][1:], own_rows[-1][1:], devs[1:], flush=True)
+        if not args.quick:
+            (big,) = zoo.example_inputs(name, device, batch=32)
+            batch_times = _interleaved(model, big, {"inspector": _ours, "floor": _floor}, max(3, args.repeat // 3), sync)
+            b_ratio = batch_times["inspector"] / batch_times["forward"]
+            batch_rows.append([name, f"{batch_times['forward'] * 1e3:.0f}", f"{b_ratio:.3f}",
+                               f"{batch_times['floor'] / batch_times['forward']:.3f}"])
+            verdicts["batch"].append(f"{name}: {b_ratio:.3f}× — {_mark(b_ratio <= 1.05)}")
+            print("  batch 32", batch_rows[-1][1:], flush=True)
+        del model
+    if not args.quick:
+        for name in [*args.models, "timm:sequencer2d_s"]:
+            meta_s, cpu_s, same = _meta_against_cpu(name, max(3, args.repeat // 2))
+            meta_rows.append([name, f"{cpu_s * 1e3:.1f}", f"{meta_s * 1e3:.1f}", f"{meta_s / cpu_s:.2f}",
+                              "yes" if same else "**no**"])
+            verdicts["meta"].append(f"{name}: {meta_s / cpu_s:.2f} — {_mark(meta_s / cpu_s <= 0.5 and same)}")
+            print("  meta", meta_rows[-1], flush=True)
+    sections = _environment(device, args)
+    sections += ["## Time of one counting call / one plain `no_grad` forward (batch 1)", "",
+                 "First call: inspect() on a model built just before, in a fresh process, over that process's "
+                 "plain forward. Floor: no-op hooks on every module plus a forwarding dispatch mode.", "",
+                 tabulate(ratio_rows, ["model", "forward ms", "inspector", *peers, "floor", "inspector first call"],
+                          "github"), "",
+                 "## inspector's own cost above the floor", "",
+                 tabulate(own_rows, ["model", "floor", "inspector", "inspector − floor ms", "× of a forward"],
+                          "github"), "",
+                 "## MACs deviation from torchvision's published `_ops`", "",
+                 tabulate(dev_rows, ["model", "published GMACs", "inspector", *peers], "github"), ""]
+    if batch_rows:
+        sections += ["## Batch 32", "", tabulate(batch_rows, ["model", "forward ms", "inspector", "floor"], "github"),
+                     ""]
+    if meta_rows:
+        sections += ["## Counting on meta against counting on the CPU (batch 1)", "",
+                     tabulate(meta_rows, ["model", "inspect on cpu ms", "inspect on meta ms", "meta / cpu",
+                                          "same counts"], "github"), ""]
+        sections += _meta_targets()
+    sections += ["## Targets (issue #15)", "",
+                 "- inspector ≤ the lowest peer, batch 1:", *(f"  - {v}" for v in verdicts["peer"]),
+                 "- own cost above the floor ≤ 0.05× of a forward:", *(f"  - {v}" for v in verdicts["own"])]
+    if verdicts["batch"]:
+        sections += ["- batch 32 ≤ 1.05× a forward:", *(f"  - {v}" for v in verdicts["batch"])]
+    if verdicts["meta"]:
+        sections += ["- counting on meta ≤ 0.5× counting on the CPU, same counts:", *(f"  - {v}" for v in verdicts["meta"])]
+    sections += ["", f"cProfile of 5 `inspect()` calls on mobilenet_v3_large ({device}), by own time:", "", "```",
+                 _profile("mobilenet_v3_large", device), "```", ""]
+    text = "\n".join(sections)
+    Path(out).write_text(text)
+    print(text)
+
+
+def _environment(device: str, args: argparse.Namespace) -> list[str]:
     peak_gflops, peak_gbytes = measure_peak(device)
-    profile = _profile("mobilenet_v3_large", device)
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
                f"{torch.__version__}, Python {platform.python_version()}")
     if device.startswith("cuda"):
         machine += f"; {torch.cuda.get_device_name(torch.device(device))}"
-    probe = "1024² fp32 matmul, 128 MiB copy" if device == "cpu" else "8192² fp32 matmul, up to 2 GiB copy"
-    text = "\n".join([
-        "# Benchmarks", "",
-        f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s, {peak_gbytes:,.1f} GB/s ({probe}).",
-        f"Command: `{' '.join(['python', *sys.argv])}`. Times are medians of {args.repeat} interleaved rounds "
-        f"(plain forward, then every tool once), on {device}, batch 1, published input size.", "",
-        "## Time of one counting call / one plain `no_grad` forward", "",
-        tabulate(ratio_rows, ["model", "forward ms", *tools], "github"), "",
-        "## MACs deviation from torchvision's published `_ops`", "",
-        tabulate(dev_rows, ["model", "published GMACs", *tools], "github"), "",
-        "## Where inspector's time goes: the floor of any hook + dispatch-mode counter", "",
-        "Ratios to the plain forward of: no-op forward hooks on every module; a dispatch mode that only "
-        "forwards each aten op; both together (the least a per-layer, per-op counter can cost); inspector. "
-        "Then the floor's cost over the forward, and inspector's own cost over the floor, in ms.", "",
-        tabulate(floor_rows, ["model", *FLOORS, "inspector", "floor − forward ms", "inspector − floor ms"],
-                 "github"), "",
-        "inspector's phases, in ms (medians; see `_phases`): fixed costs around the forward (setup, "
-        "attach, detach, build) and the counted forward itself, against the plain forward and the floor "
-        "(which includes attaching and removing its no-op hooks):", "",
-        tabulate(phase_rows, ["model", "plain forward", "floor", "setup", "attach", "counted forward", "detach",
-                              "build", "fixed total", "counted forward − floor"], "github"), "",
-        "cProfile of 5 `inspect()` calls on mobilenet_v3_large, by own time:", "",
-        "```", profile, "```", "",
-        "## Targets", "",
-        *_targets(target_rows, meta_all, vit_s, vit_growth, device), "",
-        "## Meta device", "",
-        f"- all 80 classification models, build + inspect: {meta_all:.1f} s",
-        f"- vit_h_14 ({vit_params / 1e6:.0f} M parameters), build + inspect: {vit_s:.2f} s. In a fresh "
-        f"process, peak RSS rose {vit_growth / 2**20:.0f} MiB above the RSS after imports (peak reset "
-        f"through /proc/self/clear_refs); peak Python allocations (tracemalloc) {vit_python / 2**20:.1f} MiB", "",
-    ])
-    Path(out).write_text(text)
-    print(text)
+    versions = []
+    for package in ("ptflops", "torchinfo", "fvcore", "thop", "timm", "transformers"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{package} {version(package)}")
+        except Exception:  # noqa: BLE001
+            continue
+    return ["# Benchmarks", "",
+            f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s, {peak_gbytes:,.1f} GB/s. "
+            f"Peers: {', '.join(versions)}.",
+            f"Command: `{' '.join(['python', *sys.argv])}`. Times are medians of {args.repeat} interleaved rounds "
+            f"(a plain forward, then every tool once) on {device}, published input size.", ""]
+
+
+def _meta_targets() -> list[str]:
+    start = time.perf_counter()
+    for name in zoo.list_names("classification"):
+        inspect(zoo.torchvision_model(name, device="meta")).total_macs
+    all_seconds = time.perf_counter() - start
+    resnet = zoo.torchvision_model("resnet50")
+    (x,) = zoo.example_inputs("resnet50")
+    with torch.no_grad():
+        resnet(x)
+        start = time.perf_counter()
+        resnet(x)
+    resnet_ms = (time.perf_counter() - start) * 1e3
+    lines = ["## The meta device at scale", "",
+             f"- all 80 classification models, build + inspect on meta: {all_seconds:.1f} s (target ≤ 15 s: "
+             f"{_mark(all_seconds <= 15)})"]
+    for which, label, limit in (("vit_h_14", "vit_h_14 (633 M parameters), build + inspect", 2 * 2**30),
+                                ("llama70b", "Llama-2-70B-sized config (hidden 8192, 80 layers, 64 heads, 8 "
+                                             "key-value heads, intermediate 28672, vocab 32000) at 128 tokens, build "
+                                             "+ inspect", 200 * 2**20),
+                                ("llama7b_step", "Llama-7B-sized training step (forward, backward, AdamW) at 512 "
+                                                 "tokens, build + inspect", None)):
+        try:
+            seconds, grown = _probe(which)
+        except Exception as exc:  # noqa: BLE001 - transformers missing, say so
+            lines.append(f"- {label}: not run ({type(exc).__name__})")
+            continue
+        verdict = "" if limit is None else f" (target < {limit / 2**20:.0f} MiB: {_mark(grown < limit)})"
+        lines.append(f"- {label}: {seconds:.2f} s; peak RSS {grown / 2**20:.0f} MiB above the RSS after "
+                     f"imports{verdict}")
+    lines += [f"- for scale, this run's resnet50 forward on the CPU, batch 1: {resnet_ms:.0f} ms", ""]
+    return lines
 
 
 if __name__ == "__main__":

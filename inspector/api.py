@@ -56,6 +56,8 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
 def _tree(model: nn.Module, notes: list[str]) -> ModelTree:
     """The model's tree; lazy modules are materialised on a copy, never on the model."""
     tree = ModelTree(model)
+    if not tree.has(nn.modules.lazy.LazyModuleMixin):
+        return tree
     lazy = [m for _, m in tree.modules if isinstance(m, nn.modules.lazy.LazyModuleMixin)
             and m.has_uninitialized_params()]
     if not lazy:

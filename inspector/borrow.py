@@ -82,6 +82,7 @@ _is = operator.is_
 _dict_attrs = operator.itemgetter("_parameters", "_buffers", "_modules", *_HOOK_DICTS)
 _version = operator.attrgetter("_version")
 _requires_grad = operator.attrgetter("requires_grad")
+_TRAINING = operator.attrgetter("training")
 #: Exact types of plain tensor attributes looked for in module dicts (subclasses are rare there).
 _TENSOR_TYPES = frozenset({torch.Tensor, nn.Parameter})
 
@@ -211,15 +212,17 @@ class Borrow:
     # --- copy-on-write ----------------------------------------------------------------------------
 
     def guard(self, t: torch.Tensor) -> None:
-        """Called by the dispatch mode before an op writes ``t``: save the model storage it lives in."""
-        if t.device.type == "meta":
+        """Called by the dispatch mode before an op writes ``t``: save the model storage it lives in.
+        The storage is found by its base address (no storage object made for every activation an
+        in-place op writes)."""
+        if not self._owned or t.device.type == "meta":
             return
         try:
-            storage = t.untyped_storage()
+            ptr = t.data_ptr() - t.storage_offset() * t.element_size()
         except (RuntimeError, NotImplementedError):  # sparse, nested: never model state here
             return
-        ptr = storage.data_ptr()
-        if ptr in self._owned and ptr not in self.saved:
+        storage = self._owned.get(ptr)
+        if storage is not None and ptr not in self.saved:
             self.saved[ptr] = (storage, storage.clone())
 
     # --- snapshot and restore ----------------------------------------------------------------------
@@ -235,7 +238,9 @@ class Borrow:
         return self
 
     def _snapshot(self) -> None:
-        modules = [m for _, m in self.tree.modules if not isinstance(m, torch.jit.ScriptModule)]
+        modules = self.tree.module_list
+        if self.tree.scripted:
+            modules = [m for m in modules if not isinstance(m, torch.jit.ScriptModule)]
         self.dicts = _Dicts(modules)
         self.tensors = _Tensors(list({id(t): t for t in self.dicts.tensors()}.values()))
         self._owned = self.tensors.owned()
@@ -243,8 +248,8 @@ class Borrow:
                         if hasattr(module_mod, name)}
         self.cache = (parametrize._cache.copy(), parametrize._cache_enabled)
         parametrize._cache_enabled = 0  # the run neither reads nor fills the user's cached() values
-        self.flag_modules = [m for _, m in self.tree.modules]
-        self.flags = [m.training for m in self.flag_modules]
+        self.flag_modules = self.tree.module_list
+        self.flags = list(map(_TRAINING, self.flag_modules))
 
     def _enter_mode(self) -> None:
         if self.mode not in MODES:
@@ -261,9 +266,10 @@ class Borrow:
             LOCK.release()
 
     def _restore(self) -> None:
-        for module, flag in zip(self.flag_modules, self.flags):  # pre-order: a parent's train() first
-            if module.training != flag:
-                module.train(flag)
+        if list(map(_TRAINING, self.flag_modules)) != self.flags:
+            for module, flag in zip(self.flag_modules, self.flags):  # pre-order: a parent's train() first
+                if module.training != flag:
+                    module.train(flag)
         with torch.no_grad():
             for storage, copy in self.saved.values():
                 if storage.nbytes() != copy.nbytes():

@@ -217,7 +217,7 @@ class OpInfo:
     fast: Callable[..., Any] | None = None  # a fast meta kernel (inspector.meta_fast)
 
 
-#: OpInfo by (op, formula table, convention), shared by every counting pass: an op is described once
+#: OpInfo by (id(op), formula table, convention), shared by every counting pass: an op is described once
 #: per process. A table is identified by its object and the registry's size (registering a formula
 #: makes a new key).
 _INFOS: dict[tuple[int, int, str], dict[Any, OpInfo]] = {}
@@ -286,9 +286,9 @@ class OpCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         # the hot path: one call per aten op of the forward; kept flat on purpose
-        info = self._info.get(func)
+        info = self._info.get(id(func))  # op overloads are singletons; their __hash__ is Python-level
         if info is None:
-            info = self._info[func] = describe(func, self.table, self.convention)
+            info = self._info[id(func)] = describe(func, self.table, self.convention)
         if info.guarded and self.guard is not None:
             self._before_write(info, args, kwargs)
         try:

@@ -19,7 +19,8 @@ _PARAMETERS = operator.attrgetter("_parameters")
 _BUFFERS = operator.attrgetter("_buffers")
 _DEVICE = operator.attrgetter("device")
 _DTYPE = operator.attrgetter("dtype")
-_VALUES = operator.methodcaller("values")  # dicts, and TorchScript's dict wrappers
+_VALUES = operator.methodcaller("values")
+_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")  # dicts, and TorchScript's dict wrappers
 
 
 def packed_weights(module: nn.Module) -> list[torch.Tensor]:
@@ -105,16 +106,29 @@ class ModelTree:
     @cached_property
     def shared_ids(self) -> frozenset[int]:
         """Modules reachable under more than one name (named by the parent that calls them)."""
+        if len(self.paths) == len(self.modules):
+            return frozenset()
         return frozenset(id(m) for m in _repeated(self.paths))
+
+    @cached_property
+    def types(self) -> frozenset[type]:
+        return frozenset(map(type, self.module_list))
+
+    def has(self, base: type | tuple[type, ...]) -> bool:
+        """Whether some module is an instance of ``base`` (checked on the distinct types only)."""
+        return any(issubclass(t, base) for t in self.types)
 
     @cached_property
     def with_pre_hooks(self) -> list[nn.Module]:
         """Modules with forward pre-hooks of their own (weight_norm, pruning, the user's)."""
-        return [m for _, m in self.modules if m._forward_pre_hooks]
+        modules = self.module_list
+        return list(compress(modules, map(len, map(_PRE_HOOKS, modules))))
 
     @cached_property
     def scripted(self) -> list[str]:
         """TorchScript submodules (counted as one call each: their ops land in their own row)."""
+        if not self.has(torch.jit.ScriptModule):
+            return []
         return [name for name, m in self.modules if isinstance(m, torch.jit.ScriptModule) and name]
 
     @cached_property
