@@ -171,7 +171,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda', not 'meta'")
     ins = inputs_mod.resolve(tree, inputs, kwargs, input_size, target, opts.dtype)
     notes += ins.notes
-    dtype_name = str(opts.dtype or next((p.dtype for _, p, _ in tree.params if p.is_floating_point()),
+    dtype_name = str(opts.dtype or next((p.dtype for p in tree.param_tensors if p.is_floating_point()),
                                         torch.float32)).replace("torch.", "")
     run = Run(model=opts.name or type(model).__name__, device=str(target), dtype=dtype_name, mode=opts.mode,
               flops=opts.convention.name, notes=tuple(notes), backward=opts.backward)

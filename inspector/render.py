@@ -186,6 +186,8 @@ def _pct(part: float | None, whole: float | None) -> str:
     if part is None or not whole:
         return "-"
     share = 100 * part / whole
+    if share == 0:
+        return "0%"
     return "<0.1%" if 0 < share < 0.05 else f"{share:.1f}%"
 
 

@@ -1,18 +1,39 @@
-"""The README's Python examples run as written."""
+"""The README's examples run as written, its printed table is what the tool prints, and its speed
+figures are those of benchmarks/RESULTS.md."""
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_python_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(blocks) >= 2
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 4
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
 
 
+def test_readme_table_is_what_the_tool_prints():
+    from inspector import inspect
+    from models import BlogCNN
+
+    shown = re.search(r"```text\n(.*?)```", README, re.S).group(1).rstrip("\n")
+    assert str(inspect(BlogCNN(), torch.randn(1, 1, 4, 4))) == shown
+
+
+def test_readme_speed_figures_come_from_the_benchmark():
+    """Every figure of the speed section (a ratio like 1.25× or a duration) appears in RESULTS.md."""
+    section = README.split("## Speed", 1)[1].split("\n## ", 1)[0]
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    figures = re.findall(r"(\d+\.\d+)(?:×| s| ms| MiB)", section)
+    assert figures, "the speed section quotes the benchmark"
+    for figure in figures:
+        assert figure in results, figure
+
+
 def test_readme_names_the_two_commands_ci_uses():
-    text = README.read_text()
-    assert "bash .ci/demo" in text and "bash .ci/test" in text
-    assert "bash .ci/test" in (README.parent / ".ci" / "run").read_text()
+    assert "bash .ci/demo" in README and "bash .ci/test" in README
+    assert "bash .ci/test" in (ROOT / ".ci" / "run").read_text()
