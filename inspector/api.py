@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import inspect as pyinspect
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
 from inspector.build import RecordBuilder, Run, layer_sum_ms, merge_outside, param_totals
-from inspector.collect import Collection, Collector, OpCounter
+from inspector.collect import Collection, Collector, OpCounter, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, with_hint)
@@ -85,9 +86,9 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
             frame = counter.bw_stack[-1]
         message = first_line(exc)
         op = counter.failed_op if counter is not None else None
+        config = "" if frame is None else _config(frame.module)
         where = "the model's own code (outside any submodule)" if frame is None else \
-            f"layer {frame.name or '(model)'!r} ({type(frame.module).__name__}" + \
-            (f": {_config(frame.module)})" if _config(frame.module) else ")")
+            f"layer {frame.name or '(model)'!r} ({type(frame.module).__name__}" + (f": {config})" if config else ")")
         shapes = "" if frame is None else ", ".join(
             f"{s if isinstance(s, Nested) else tuple(s)} {str(d).replace('torch.', '')}"
             for s, d in zip(frame.input_shapes, frame.input_dtypes)) or "no tensors"
@@ -133,10 +134,11 @@ def _check_call(model: nn.Module, args: tuple, kwargs: dict, ins: inputs_mod.Inp
 
 
 def _params_only(tree: ModelTree, run: Run) -> Report:
+    """The model did not run: parameters per module (from the module tree), and no MACs."""
     totals = param_totals(tree)
     return Report(run=run, total_params=totals.params, trainable_params=totals.trainable,
                   buffer_elements=totals.buffer_elements, param_bytes=totals.param_bytes,
-                  buffer_bytes=totals.buffer_bytes, total_macs=None)
+                  buffer_bytes=totals.buffer_bytes, total_macs=None, builder=RecordBuilder(tree, None, None))
 
 
 def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] | None = None, input_size: Any = None,
@@ -168,7 +170,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     model_at = inputs_mod.model_device(tree)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":
-        raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda', not 'meta'")
+        raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda' (--device cpu), not 'meta'")
     ins = inputs_mod.resolve(tree, inputs, kwargs, input_size, target, opts.dtype)
     notes += ins.notes
     dtype_name = str(opts.dtype or next((p.dtype for p in tree.param_tensors if p.is_floating_point()),
@@ -177,7 +179,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
               flops=opts.convention.name, notes=tuple(notes), backward=opts.backward)
     if ins.args is None:
         return _params_only(tree, run)
-    given = inputs_mod.tensors_in((ins.args, ins.kwargs))
+    given = tensor_leaves((ins.args, ins.kwargs))
     if opts.device is None and any(t.device.type == "meta" for t in given) and model_at.type != "meta":
         raise InputError(f"the inputs are on meta but the model is on {model_at}: pass device='meta' to count "
                          "without computing, or give inputs on the model's device")
@@ -186,20 +188,17 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     if moved and not ins.invented:
         notes += [f"inputs moved from {d} to {target}" for d in sorted(moved)]
     _check_call(model, args, kw, ins)
-    leaves = inputs_mod.tensors_in((args, kw))
-    run = Run(model=run.model, device=run.device, dtype=run.dtype, mode=run.mode, flops=run.flops,
-              input_shapes=tuple(tuple(t.shape) for t in leaves),
-              input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves),
-              notes=tuple(notes), backward=opts.backward)
+    leaves = tensor_leaves((args, kw))
+    run = replace(run, input_shapes=tuple(tuple(t.shape) for t in leaves),
+                  input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves), notes=tuple(notes))
     try:
         return _inspect(tree, run, args, kw, target, opts)
     except InspectorError as exc:
         if not ins.invented or isinstance(exc, InputError):
             raise
-        failed = Run(model=run.model, device=run.device, dtype=run.dtype, mode=run.mode, flops=run.flops,
-                     notes=(*notes, f"the invented input failed, so only parameters are counted: {exc}; pass "
-                                    "inputs=... or input_size=(...) to count MACs"), backward=run.backward)
-        return _params_only(tree, failed)
+        note = (f"the invented input failed, so only parameters are counted: {exc}; pass inputs=... or "
+                "input_size=(...) (--input-size) to count MACs")
+        return _params_only(tree, replace(run, input_shapes=(), input_dtypes=(), notes=(*notes, note)))
 
 
 def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
@@ -208,7 +207,8 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
     collector = Collector(tree, grads=opts.backward)
     training = times = timing = None
     with Borrow(tree, opts.mode) as borrow:
-        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard, meta=target.type == "meta")
+        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
+                            meta=target.type == "meta")
         if target.type == "meta" and not opts.backward:
             collector.fuse_rnns(counter)
         if opts.backward:
@@ -221,14 +221,14 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
         if opts.timing:
             from inspector import timing as timing_mod
 
+            timed_state = substitute_state(tree, target, opts.dtype, copies=True)
+
             def run_once() -> object:
-                return call(model, state, args, kw)
+                return call(model, timed_state, args, kw)
 
             times, timing = timing_mod.time_calls(tree, run_once, len(collection.frames), opts.repeat, opts.warmup,
                                                   target, on_error=lambda c, e: failure(c, None, e, target, "a timed pass"))
     if timing is not None and times is not None:
-        from dataclasses import replace
-
         from inspector import timing as timing_mod
 
         timing = timing_mod.with_peak(replace(timing, layer_sum_ms=layer_sum_ms(collection, times)), opts.peak,
@@ -240,6 +240,7 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
                   elementwise_flops=sum(f.flops for f in collection.frames),
                   peak_activation_bytes=collection.peak_bytes, uncounted_ops=dict(collection.uncounted),
                   formula_errors=dict(collection.formula_errors), timing=timing, training=training,
+                  leaf_calls=len(collection.frames) - len({f.parent for f in collection.frames} - {None}),
                   builder=RecordBuilder(tree, collection, opts.dtype, times, opts.backward))
 
 

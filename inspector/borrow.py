@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Iterator
-from itertools import chain, compress, filterfalse
-from contextlib import contextmanager
+from itertools import chain, compress, filterfalse, repeat
 from typing import Any, Literal
 
 import torch
@@ -35,6 +33,7 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 from torch.nn.utils import parametrize
 
+from inspector.errors import LayerError, first_line
 from inspector.tree import ModelTree
 
 Mode = Literal["eval", "train", "as_is"]
@@ -52,9 +51,12 @@ _GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_
                  "_global_module_registration_hooks", "_global_parameter_registration_hooks")
 
 
-def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None,
+                     copies: bool = False) -> dict[str, torch.Tensor]:
     """Tensors to run the model with on ``device``/``dtype``: every parameter and buffer that is not
-    already there, converted, plus copies of all buffers; empty when nothing needs converting."""
+    already there, converted, plus copies of all buffers; empty when nothing needs converting, unless
+    ``copies`` (timed passes, which run without the dispatch mode's copy-on-write: every parameter
+    and buffer copied, so that what they write lands on the copies)."""
     def cast(t: torch.Tensor) -> torch.dtype | None:
         return dtype if dtype is not None and t.is_floating_point() else None
 
@@ -64,9 +66,9 @@ def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype |
     def convert(t: torch.Tensor, copy: bool) -> torch.Tensor:
         return t.detach().to(device=device, dtype=cast(t), copy=copy)
 
-    if tree.devices <= {device} and (dtype is None or tree.float_dtypes <= {dtype}):
+    if not copies and tree.devices <= {device} and (dtype is None or tree.float_dtypes <= {dtype}):
         return {}  # everything is already where and what the pass wants (no per-tensor checks)
-    state = {name: convert(p, False) for name, p in tree.parameters if needs(p)}
+    state = {name: convert(p, copies) for name, p in tree.parameters if copies or needs(p)}
     state.update((name, convert(b, True)) for name, b in tree.buffers)
     return state
 
@@ -83,24 +85,20 @@ _dict_attrs = operator.itemgetter("_parameters", "_buffers", "_modules", *_HOOK_
 _version = operator.attrgetter("_version")
 _requires_grad = operator.attrgetter("requires_grad")
 _TRAINING = operator.attrgetter("training")
-#: Exact types of plain tensor attributes looked for in module dicts (subclasses are rare there).
-_TENSOR_TYPES = frozenset({torch.Tensor, nn.Parameter})
 
 
 def _plain_strided(t: torch.Tensor) -> bool:
-    return type(t) in _TENSOR_TYPES and t.layout == torch.strided and not t.is_nested
+    return t.layout == torch.strided and not t.is_nested and not isinstance(t, nn.parameter.UninitializedTensorMixin)
 
 
 def _put_back(current: dict, saved: dict) -> None:
-    """Make ``current`` hold exactly ``saved``'s entries (the same objects)."""
+    """Make ``current`` hold exactly ``saved``'s entries, the same objects in the same order (a
+    Sequential runs in its dict's order)."""
     if len(current) == len(saved) and all(map(_is, current.values(), saved.values())) \
             and all(map(_is, current, saved)):
         return
-    for key in [k for k in current if k not in saved]:
-        del current[key]
-    for key, value in saved.items():
-        if current.get(key, _MISSING) is not value:
-            current[key] = value
+    current.clear()
+    current.update(saved)
 
 
 _MISSING = object()
@@ -126,9 +124,9 @@ class _Dicts:
         self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
 
     def tensors(self) -> list[torch.Tensor]:
-        """Parameters, buffers and plain tensor attributes, as the dicts hold them."""
+        """Parameters, buffers and plain tensor attributes (subclasses included), as the dicts hold them."""
         values = self.values
-        return list(compress(values, map(_TENSOR_TYPES.__contains__, map(type, values))))
+        return list(compress(values, map(isinstance, values, repeat(torch.Tensor))))
 
     def restore(self) -> None:
         dicts = self.dicts
@@ -177,6 +175,9 @@ class _Tensors:
         ts = self.tensors
         return (self.counted == len(ts) and list(map(_version, ts)) == self.versions
                 and list(map(torch.Tensor.data_ptr, ts)) == self.ptrs
+                and list(map(torch.Tensor.size, ts)) == self.sizes
+                and list(map(torch.Tensor.stride, ts)) == self.strides
+                and list(map(torch.Tensor.storage_offset, ts)) == self.offsets
                 and list(map(_requires_grad, ts)) == self.requires_grad
                 and all(map(_is, (t._grad if t.is_leaf else None for t in ts), self.grads))
                 and list(map(torch.UntypedStorage.nbytes, self.storages)) == self.nbytes
@@ -211,6 +212,11 @@ class Borrow:
 
     # --- copy-on-write ----------------------------------------------------------------------------
 
+    @property
+    def owns_data(self) -> bool:
+        """Whether some model tensor holds data a write could change (not so for a model on meta)."""
+        return bool(self._owned)
+
     def guard(self, t: torch.Tensor) -> None:
         """Called by the dispatch mode before an op writes ``t``: save the model storage it lives in.
         The storage is found by its base address (no storage object made for every activation an
@@ -231,10 +237,14 @@ class Borrow:
         LOCK.acquire()
         try:
             self._snapshot()
-            self._enter_mode()
         except BaseException:
             LOCK.release()
             raise
+        try:
+            self._enter_mode()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise _model_error(exc, "switching the model's mode") from exc
         return self
 
     def _snapshot(self) -> None:
@@ -242,7 +252,8 @@ class Borrow:
         if self.tree.scripted:
             modules = [m for m in modules if not isinstance(m, torch.jit.ScriptModule)]
         self.dicts = _Dicts(modules)
-        self.tensors = _Tensors(list({id(t): t for t in self.dicts.tensors()}.values()))
+        every = chain(self.tree.param_tensors, self.tree.buffer_tensors, self.dicts.tensors())
+        self.tensors = _Tensors(list({id(t): t for t in every if isinstance(t, torch.Tensor)}.values()))
         self._owned = self.tensors.owned()
         self.globals = {name: getattr(module_mod, name).copy() for name in _GLOBAL_HOOKS
                         if hasattr(module_mod, name)}
@@ -259,33 +270,50 @@ class Borrow:
             if any(flag != wanted for flag in self.flags):
                 self.tree.model.train(wanted)  # train() itself: some modules override it
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         try:
-            self._restore()
+            errors = self._restore()
         finally:
             LOCK.release()
+        if errors and exc is None:  # the run went well but giving the model back did not
+            raise _model_error(errors[0], "giving the model back") from errors[0]
 
-    def _restore(self) -> None:
+    def _restore(self) -> list[BaseException]:
+        """Every step runs whatever the others do; the errors are returned (a user's train() that
+        raises must not leave the weights, dicts or caches changed)."""
+        errors: list[BaseException] = []
+        for step in (self._restore_flags, self._restore_storages, self.tensors.restore, self.dicts.restore,
+                     self._restore_process_state):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - collected, raised once everything is back
+                errors.append(exc)
+        self.saved.clear()
+        return errors
+
+    def _restore_flags(self) -> None:
         if list(map(_TRAINING, self.flag_modules)) != self.flags:
             for module, flag in zip(self.flag_modules, self.flags):  # pre-order: a parent's train() first
                 if module.training != flag:
-                    module.train(flag)
+                    try:
+                        module.train(flag)
+                    finally:
+                        module.training = flag  # the flag itself, even when an override raised
+
+    def _restore_storages(self) -> None:
         with torch.no_grad():
             for storage, copy in self.saved.values():
                 if storage.nbytes() != copy.nbytes():
                     storage.resize_(copy.nbytes())
                 storage.copy_(copy)
-        self.tensors.restore()
-        self.dicts.restore()
+
+    def _restore_process_state(self) -> None:
         for name, saved in self.globals.items():
             _put_back(getattr(module_mod, name), saved)
         cache, enabled = self.cache
         _put_back(parametrize._cache, cache)
         parametrize._cache_enabled = enabled
-        self.saved.clear()
 
 
-@contextmanager
-def borrowed(tree: ModelTree, mode: Mode) -> Iterator[Borrow]:
-    with Borrow(tree, mode) as borrow:
-        yield borrow
+def _model_error(exc: BaseException, doing: str) -> LayerError:
+    return LayerError(f"the model raised while {doing} (its own train() or attribute code): {first_line(exc)}")

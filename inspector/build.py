@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress
 
 import torch
@@ -57,7 +57,7 @@ def sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
 
 def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTotals:
     """Totals from the tree's unnamed tensor lists, in C-level loops (packed quantized weights are
-    frozen parameters)."""
+    frozen parameters); bytes of floating tensors in ``dtype`` when the pass casts them."""
     params, buffers = tree.param_tensors, tree.buffer_tensors
     packed = {id(t) for _, t, _ in tree._packed}
     trainable = [p for p in compress(params, map(_REQUIRES_GRAD, params)) if id(p) not in packed]
@@ -66,9 +66,10 @@ def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTota
     else:
         size = sizer(dtype)
         param_bytes = sum(map(size, params))
+    buffer_bytes = sum(map(_NBYTES, buffers)) if dtype is None else sum(map(sizer(dtype), buffers))
     return ParamTotals(params=sum(map(torch.Tensor.numel, params)), trainable=sum(map(torch.Tensor.numel, trainable)),
                        buffer_elements=sum(map(torch.Tensor.numel, buffers)), param_bytes=param_bytes,
-                       buffer_bytes=sum(map(_NBYTES, buffers)))
+                       buffer_bytes=buffer_bytes)
 
 
 def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[str, tuple[int, int]]:
@@ -102,7 +103,8 @@ def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[st
     return counts
 
 
-def attribute_params(tree: ModelTree, frames: tuple[Frame, ...]) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
+def attribute_params(tree: ModelTree, frames: tuple[Frame, ...], subtree: dict[str, tuple[int, int]]
+                     ) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
     """Each unique parameter goes to the first call of a module that holds it, under any of its names
     (so a tied embedding shows on the call that used it, not on an uncalled alias), else to the
     first call of its nearest called ancestor. Returns {frame index: [params, trainable]} and the
@@ -133,17 +135,27 @@ def attribute_params(tree: ModelTree, frames: tuple[Frame, ...]) -> tuple[dict[i
         entry = per_frame.setdefault(index, [0, 0])
         entry[0] += p.numel()
         entry[1] += p.numel() if trainable else 0
-    subtree = subtree_params(tree)
     live = {name for name, m in tree.modules if id(m) in first_call}
+    inside_scripted = set(map(id, tree.inside_scripted))
     uncalled = []
     for name, module in tree.modules:  # containers without a forward are transparent
         parent = name.rpartition(".")[0]
-        if not name or id(module) in first_call or parent not in live:
+        if not name or id(module) in first_call or parent not in live or id(module) in inside_scripted:
             continue
         if isinstance(module, (nn.ModuleList, nn.ModuleDict)) or type(module).forward is nn.Module.forward:
             live.add(name)
         else:
             uncalled.append((name, subtree.get(name, (0, 0))[0]))
+    if held_by and uncalled:  # tied parameters are on the call that used them, not on this caller's row
+        prefixes = {name: 0 for name, _ in uncalled}
+        for pname, p, _ in tree.params:
+            if id(p) in held_by:
+                continue
+            owner = pname.rpartition(".")[0]
+            for name in prefixes:
+                if owner == name or owner.startswith(name + "."):
+                    prefixes[name] += p.numel()
+        uncalled = [(name, prefixes[name]) for name, _ in uncalled]
     return per_frame, uncalled
 
 
@@ -188,10 +200,13 @@ class RecordBuilder:
 
     def build(self) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...]]:
         tree, collection = self.tree, self.collection
-        assert tree is not None and collection is not None, "records are built once"
+        assert tree is not None, "records are built once"
+        if collection is None:
+            self.tree = None
+            return static_records(tree, self.dtype), ()
         frames = collection.frames
-        per_frame, uncalled = attribute_params(tree, frames)
         module_params = subtree_params(tree, self.dtype)
+        per_frame, uncalled = attribute_params(tree, frames, module_params)
         n = len(frames)
         inclusive = {k: [getattr(f, k) for f in frames]
                      for k in ("macs", "flops", "bw_macs", "saved_bytes", "recompute_macs")}
@@ -242,27 +257,44 @@ class RecordBuilder:
                 recompute_macs=inclusive["recompute_macs"][f.index] if bw else None,
             ))
         if self.times is not None:
-            records = self_times(records)
+            own = self_times([r.parent for r in records], tuple(r.time_ms for r in records))
+            records = [replace(r, self_time_ms=t) for r, t in zip(records, own)]
         self.tree = self.collection = None  # the report no longer holds the model
         return tuple(records), tuple(uncalled)
 
 
-def self_times(records: list[LayerRecord]) -> list[LayerRecord]:
-    """Self time = a call's time minus its children's (never below zero)."""
-    from dataclasses import replace
-
-    children_time = [0.0] * len(records)
-    for r in records:
-        if r.parent is not None and r.time_ms is not None:
-            children_time[r.parent] += r.time_ms
-    return [replace(r, self_time_ms=None if r.time_ms is None else max(0.0, r.time_ms - children_time[r.index]))
-            for r in records]
+def self_times(parents: list[int | None], times: tuple[float | None, ...]) -> list[float | None]:
+    """Each call's time minus its children's (never below zero), in the units given; None where a
+    call has no time."""
+    children = [0.0] * len(times)
+    for i, parent in enumerate(parents):
+        if parent is not None and times[i] is not None:
+            children[parent] += times[i]  # type: ignore[operator]
+    return [None if t is None else max(0.0, t - children[i]) for i, t in enumerate(times)]
 
 
 def layer_sum_ms(collection: Collection, times: tuple[float | None, ...]) -> float:
-    """Sum of every call's self-time, in ms, from per-call seconds (the same rule as ``self_times``)."""
-    children = [0.0] * len(times)
-    for f in collection.frames:
-        if f.parent is not None and times[f.index] is not None:
-            children[f.parent] += times[f.index]  # type: ignore[operator]
-    return 1e3 * sum(max(0.0, t - children[i]) for i, t in enumerate(times) if t is not None)
+    """Sum of every call's self-time, in ms, from per-call seconds."""
+    own = self_times([f.parent for f in collection.frames], times)
+    return 1e3 * sum(t for t in own if t is not None)
+
+
+def static_records(tree: ModelTree, dtype: torch.dtype | None = None) -> tuple[LayerRecord, ...]:
+    """A record per module of a model that did not run (no input): its place in the module tree and
+    its parameters, without any call figure."""
+    subtree = subtree_params(tree, dtype)
+    own: dict[str, list[int]] = {}
+    for pname, p, trainable in tree.params:
+        entry = own.setdefault(pname.rpartition(".")[0], [0, 0])
+        entry[0] += p.numel()
+        entry[1] += p.numel() if trainable else 0
+    index = {name: i for i, (name, _) in enumerate(tree.modules)}
+    parents = [None if not name else index.get(name.rpartition(".")[0], 0) for name, _ in tree.modules]
+    has_children = {p for p in parents if p is not None}
+    return tuple(LayerRecord.make(
+        index=i, name=name, type=type(module).__name__, depth=name.count(".") + 1 if name else 0, parent=parents[i],
+        call=0, is_leaf=i not in has_children, input_shapes=(), output_shapes=(), output_bytes=0,
+        params=own.get(name, [0, 0])[0], trainable_params=own.get(name, [0, 0])[1],
+        inclusive_params=subtree.get(name, (0, 0))[0], macs=0, inclusive_macs=0, expected_macs=None,
+        expected_params=None, module_params=subtree.get(name, (0, 0))[0], ops=(),
+        param_bytes=subtree.get(name, (0, 0))[1]) for i, (name, module) in enumerate(tree.modules))

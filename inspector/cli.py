@@ -15,6 +15,7 @@ from pathlib import Path
 
 import inspector
 from inspector.errors import InspectorError, first_line
+from inspector.render import COLUMNS
 
 OK, FAILED, USAGE, INCOMPLETE, INTERRUPTED = 0, 1, 2, 3, 130
 REPORT_FORMATS = ("table", "markdown", "json", "csv", "html")
@@ -22,6 +23,14 @@ REPORT_FORMATS = ("table", "markdown", "json", "csv", "html")
 
 class CliError(InspectorError):
     """A mistake on the command line, found before anything runs."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (and where to look for the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(USAGE)
 
 
 def _size(text: str) -> tuple:
@@ -101,10 +110,30 @@ def _progress_bar(force: bool | None):  # noqa: ANN202
     return show
 
 
+def _check_summary(args: argparse.Namespace) -> None:
+    """What the command line can tell is wrong before a model is built."""
+    unknown = [c for c in (args.columns or "").split(",") if c and c not in COLUMNS]
+    if unknown:
+        raise CliError(f"--columns: unknown {', '.join(unknown)}; choose from {', '.join(COLUMNS)}")
+    if args.top and args.sort == "time" and not args.timing:
+        raise CliError("--sort time needs per-layer times: add --timing")
+    if args.top and args.sort in ("backward_macs", "saved_bytes") and not args.backward:
+        raise CliError(f"--sort {args.sort} needs a training step: add --backward")
+    if args.optimizer and not args.backward:
+        raise CliError("--optimizer applies to a training step: add --backward")
+    if args.timing and args.device == "meta":
+        raise CliError("--timing needs real arithmetic: use --device cpu or cuda, not meta")
+    if args.batch and args.input_size:
+        raise CliError("give the batch inside --input-size (its first number), not with --batch as well")
+    if ":" not in args.model and (args.model.endswith(".py") or "/" in args.model):
+        raise CliError(f"name a model inside the file: {args.model}:ClassName (or :factory)")
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from inspector import inspect_spec, load
     from inspector.formats import render
 
+    _check_summary(args)
     device = _device(args.device) or "cpu"
     spec = load(args.model, device=device, batch=args.batch, seq_len=args.seq_len, input_size=args.input_size)
     report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
@@ -126,6 +155,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     plot = _output_path(args.plot)
+    from inspector.compare import COLUMNS as COMPARE_COLUMNS
+
+    if args.sort and args.sort not in COMPARE_COLUMNS:
+        raise CliError(f"--sort {args.sort}: choose a column from {', '.join(COMPARE_COLUMNS)}")
+    if args.family and not args.all:
+        raise CliError("--family chooses among all models: add --all")
     names = list(args.models)
     if args.all:
         names += list_names("tv", args.family)
@@ -134,7 +169,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name in names:
         if ":" not in name:
             check_name(name)  # an unknown torchvision name fails before anything is built
-    result = compare(names, device=device, progress=_progress_bar(args.progress), batch=args.batch)
+    result = compare(names, device=device, progress=_progress_bar(args.progress), batch=args.batch,
+                     seq_len=args.seq_len, input_size=args.input_size)
     if args.sort:
         result = result.sorted(args.sort, descending=args.descending)
     print(render(result, args.format), end="" if args.format == "csv" else "\n")
@@ -200,12 +236,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inspector", description="Per-layer parameters, MACs, FLOPs, memory and time "
+    p = Parser(prog="inspector", description="Per-layer parameters, MACs, FLOPs, memory and time "
                                 "of PyTorch models, cross-checked against closed forms.",
                                 epilog="Exit codes: 0 ok, 1 a failure or mismatch, 2 a usage or input error, "
                                        "3 some ops could not be counted. INSPECTOR_DEBUG=1 shows tracebacks.")
     p.add_argument("--version", action="version", version=f"inspector {inspector.__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     s = sub.add_parser("summary", help="per-layer table of one model",
                        description="Per-layer table of one model. NAME: a torchvision name (resnet50), "
                                    "timm:NAME, hf:CONFIG_DIR or a cached hub name, path/to/file.py:Class, "
@@ -222,9 +258,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=_positive, metavar="K", help="show only the K calls doing the most (see --sort)")
     s.add_argument("--sort", default="macs", choices=("macs", "flops", "params", "time", "backward_macs", "saved_bytes"),
                    help="what --top ranks by (default macs)")
-    s.add_argument("--columns", metavar="COL,COL", help="table columns, from: " + ", ".join(
-        ["type", "input_shape", "output_shape", "params", "params_pct", "macs", "macs_pct", "flops", "time",
-         "time_pct", "gflops", "intensity", "bound", "backward_macs", "saved"]))
+    s.add_argument("--columns", metavar="COL,COL", help="table columns, from: " + ", ".join(COLUMNS))
     s.add_argument("--exact", action="store_true", help="exact integers instead of readable units (4.09 G)")
     s.add_argument("--flops", choices=("matmul", "all"), default="matmul",
                    help="FLOPs = 2 x MACs (matmul, default) or also elementwise work (all)")
@@ -244,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
                                         "quantization"], help="with --all: one torchvision family")
     c.add_argument("--device", help="cpu (default), cuda, cuda:N or meta")
     c.add_argument("--batch", type=_positive, help="batch size of every example input (default 1)")
+    c.add_argument("--seq-len", type=_positive, help="tokens per sequence for hf: models (default 128)")
+    c.add_argument("--input-size", type=_size, metavar="N,C,H,W[:DTYPE]",
+                   help="one random input size for every model (its own example otherwise)")
     c.add_argument("--sort", default=None, help="a column: params, macs, published_gmacs, metric_value, ...")
     c.add_argument("--descending", action="store_true", help="sort largest first")
     c.add_argument("--format", choices=REPORT_FORMATS, default="table", help="output format (default table)")
@@ -253,7 +290,9 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_compare)
     li = sub.add_parser("list", help="models a source knows", description="Models a source knows.")
     li.add_argument("--source", default="tv", choices=("tv", "timm"), help="tv (torchvision, default) or timm")
-    li.add_argument("--family", default=None, help="a torchvision family (classification, video, ...)")
+    li.add_argument("--family", default=None, choices=["classification", "segmentation", "video", "detection",
+                                                        "optical_flow", "quantization"],
+                    help="a torchvision family")
     li.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
     li.set_defaults(run=cmd_list)
     b = sub.add_parser("blog", help="the post's figures checked, its exercises answered",
@@ -286,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the command line never shows a traceback
         if os.environ.get("INSPECTOR_DEBUG"):
             raise
-        kind = "" if isinstance(exc, InspectorError) else f"{type(exc).__name__}: "
+        kind = "" if isinstance(exc, (InspectorError, ValueError)) else f"{type(exc).__name__}: "
         sys.stderr.write(f"inspector: error: {kind}{first_line(exc)}\n")
         return USAGE if isinstance(exc, (InspectorError, ValueError, KeyError, ImportError, OSError)) else FAILED
 

@@ -192,6 +192,12 @@ class _StorageRef(weakref.ref):
     __slots__ = ("key", "nbytes")
 
 
+#: Operator namespaces whose ops without a formula are elementwise, copies or views unless their
+#: name says matmul-like; an op of any other namespace (``torch.library`` custom ops) without a
+#: formula is reported as uncounted: nothing says what it computes.
+KNOWN_NAMESPACES = frozenset({"aten", "prims", "quantized", "profiler", "rngprims", "_c10d_functional", "c10d",
+                              "torchvision"})  # torchvision: nms and RoI pooling; deform_conv2d is named as a conv
+
 #: Kernels that write running statistics without declaring it in their schema: (training-flag
 #: position, written argument positions).
 _UNDECLARED_WRITES = {"native_batch_norm": (5, (3, 4)), "cudnn_batch_norm": (5, (3, 4)),
@@ -243,8 +249,10 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
     tags = getattr(func, "tags", ())
     extra = convention.extra(func) if convention.extra else None
     undeclared = _UNDECLARED_WRITES.get(schema.name.split("::")[-1])
+    unknown = func.namespace not in KNOWN_NAMESPACES  # a custom operator: what it computes is unknown
     return OpInfo(name=name, formula=formula, extra=extra, allocates=not aliases,
-                  suspicious=formula is None and bool(MATMUL_LIKE.search(name)), writes=writes, undeclared=undeclared,
+                  suspicious=formula is None and (unknown or bool(MATMUL_LIKE.search(name))), writes=writes,
+                  undeclared=undeclared,
                   data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags,
                   guarded=bool(writes or undeclared), counts=formula is not None or extra is not None,
                   fast=meta_fast.lookup(func))
@@ -264,9 +272,10 @@ class OpCounter(TorchDispatchMode):
         return False
 
     def __init__(self, stack: list[Frame], table: dict, convention: Convention, guard: WriteGuard | None = None,
-                 track_memory: bool = True, infos: dict | None = None, meta: bool = False) -> None:
+                 track_memory: bool = True, infos: dict | None = None, meta: bool = False, count: bool = True) -> None:
         super().__init__()
         self.meta = meta  # the run is on the meta device: fast meta kernels where there are some
+        self.count = count  # False: only guard writes and run fast meta kernels (an uncounted warm-up)
         self.stack = stack
         self.table = table
         self.convention = convention
@@ -279,7 +288,7 @@ class OpCounter(TorchDispatchMode):
         self.backward = False
         self.bw_stack: list[Frame] = []
         self.recomputing: set[int] = set()  # frames whose forward is being recomputed (checkpointing)
-        self.sink: Frame | None = None  # when set, every op is charged here (loss, optimizer step)
+        self.sink: Frame | None = None  # when set, every op is charged here: the loss, the optimizer step
         self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None, 0)
@@ -300,6 +309,8 @@ class OpCounter(TorchDispatchMode):
         except Exception:
             self.failed_op = info.name
             raise
+        if not self.count:
+            return out
         if self.backward or self.sink is not None:
             self._elsewhere(info, args, kwargs, out)
         else:
@@ -331,14 +342,14 @@ class OpCounter(TorchDispatchMode):
 
     def _elsewhere(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> None:
         """An op of the backward pass (charged to the innermost call whose backward runs), or of the
-        loss or optimizer step (charged to ``sink``)."""
-        backward = self.sink is None
-        if backward:
-            frame = self.bw_stack[-1] if self.bw_stack else self.outside
-            ops = frame.bw_ops
+        loss or optimizer step (charged to ``sink``, which is not the model's work)."""
+        if self.sink is not None:
+            self._charge(self.sink, info, args, kwargs, out, backward=False)
         else:
-            frame = self.sink  # type: ignore[assignment]
-            ops = frame.ops
+            self._charge(self.bw_stack[-1] if self.bw_stack else self.outside, info, args, kwargs, out, backward=True)
+
+    def _charge(self, frame: Frame, info: OpInfo, args: tuple, kwargs: dict | None, out: Any, backward: bool) -> None:
+        """Count one op on ``frame`` (the forward's own path is inlined in ``__torch_dispatch__``)."""
         macs = 0
         if info.counts:
             macs, flops = self._count(info, args, kwargs, out)
@@ -352,6 +363,7 @@ class OpCounter(TorchDispatchMode):
                 frame.flops += flops
         elif info.suspicious:
             self.uncounted[info.name] = self.uncounted.get(info.name, 0) + 1
+        ops = frame.bw_ops if backward else frame.ops
         stat = ops.get(info.name)
         if stat is None:
             ops[info.name] = [1, macs]
@@ -359,24 +371,13 @@ class OpCounter(TorchDispatchMode):
             stat[0] += 1
             stat[1] += macs
 
-    def charge_fused(self, packet: Any, args: tuple, out: tuple) -> None:
-        """A fused op answered outside the dispatcher (``meta_fast.FusedRNN``): counted like any op,
-        with the registry's formula, on the innermost call."""
-        formula = self.table.get(packet)
-        name = f"aten.{packet._qualified_op_name.split('::')[-1]}"
-        frame = self.stack[-1] if self.stack else self.outside
-        macs = 0
-        if formula is not None:
-            try:
-                macs = int(formula(*map(_op_shapes, args), out_shape=_out_shapes(out)))
-            except Exception as exc:  # noqa: BLE001 - reported, never fatal
-                self.formula_errors.setdefault(name, f"{type(exc).__name__}: {exc}")
-        elif MATMUL_LIKE.search(name):
-            self.uncounted[name] = self.uncounted.get(name, 0) + 1
-        frame.macs += macs
-        stat = frame.ops.setdefault(name, [0, 0])
-        stat[0] += 1
-        stat[1] += macs
+    def charge_fused(self, func: Any, args: tuple, out: tuple) -> None:
+        """A fused op answered outside the dispatcher (``meta_fast.FusedRNN``): described and counted
+        like any op, on the innermost call."""
+        info = self._info.get(id(func))
+        if info is None:
+            info = self._info[id(func)] = describe(func, self.table, self.convention)
+        self._charge(self.stack[-1] if self.stack else self.outside, info, args, None, out, backward=False)
         if self.track_memory:
             for t in out:
                 self.live.add(t)

@@ -160,7 +160,7 @@ def _row(item: Any, device: Any, options: dict[str, Any]) -> ComparisonRow:
         spec = _spec(item, device, options)
         published = spec.published
         report = inspect_spec(spec, device=spec.device or device)
-    except (InspectorError, RuntimeError, ValueError, TypeError, NotImplementedError, ImportError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a model that fails gets its row; the others go on
         return ComparisonRow(name=name, error=f"{type(exc).__name__}: {first_line(exc)}", **_published(published))
     diff_pct = None
     if published.gmacs and report.total_macs is not None:
@@ -168,7 +168,7 @@ def _row(item: Any, device: Any, options: dict[str, Any]) -> ComparisonRow:
     return ComparisonRow(
         name=name, params=report.total_params, trainable_params=report.trainable_params,
         macs=report.total_macs, flops=report.total_flops, param_bytes=report.param_bytes,
-        peak_activation_bytes=report.peak_activation_bytes, layers=sum(r.is_leaf for r in report.layers),
+        peak_activation_bytes=report.peak_activation_bytes, layers=report.leaf_calls,
         input_shape="x".join(map(str, report.input_shapes[0])) if report.input_shapes else None,
         device=report.device, complete=report.complete,
         params_diff=None if published.num_params is None else report.total_params - published.num_params,
@@ -182,7 +182,7 @@ def _published(p: Published) -> dict[str, Any]:
 
 def compare(models: Iterable[Any] | Mapping[str, Any], *, device: Any = None,
             progress: Callable[[int, int, str], None] | None = None, batch: int | None = None,
-            seq_len: int | None = None) -> Comparison:
+            seq_len: int | None = None, input_size: Any = None) -> Comparison:
     """Inspect each model and line them up.
 
     ``models``: names from any source (``resnet50``, ``timm:convnext_tiny``, ``hf:dir``, ``net.py:Net``),
@@ -192,7 +192,7 @@ def compare(models: Iterable[Any] | Mapping[str, Any], *, device: Any = None,
     """
     items = [(k, *(v if isinstance(v, tuple) else (v,))) for k, v in models.items()] \
         if isinstance(models, Mapping) else list(models)
-    options = {k: v for k, v in (("batch", batch), ("seq_len", seq_len)) if v is not None}
+    options = {k: v for k, v in (("batch", batch), ("seq_len", seq_len), ("input_size", input_size)) if v is not None}
     rows = []
     for i, item in enumerate(items):
         rows.append(_row(item, device, options))

@@ -51,19 +51,27 @@ _HINTS: list[tuple[re.Pattern[str], str]] = [
                 r"expected (\d+)D or \d+D input", re.I),
      "missing batch dimension? add one with x.unsqueeze(0)"),
     (re.compile(r"mat1 and mat2 shapes cannot be multiplied"),
-     "the features reaching this Linear differ from its in_features: check the input size or a flatten"),
-    (re.compile(r"Expected tensor for argument #1 'indices'|expected scalar type Long|"
-                r"indices must be|Expected .*Long, Int", re.I),
+     "the features reaching this Linear differ from its in_features: check the input size, a flatten, or a "
+     "missing batch dimension"),
+    (re.compile(r"Expected tensor for argument #1 'indices'"),
      "token ids must be an integer tensor: torch.randint(0, vocab_size, (batch, length))"),
-    (re.compile(r"Input type \(.*(Long|Int|long|int).*\) and (weight|bias) type|"
-                r"\"?\w+\"? not implemented for '(Long|Int)'", re.I),
-     "this layer needs a floating input: x.float()"),
-    (re.compile(r"Input type \(.*\) and weight type \(.*\) should be the same|"
+    (re.compile(r"index out of range in self"),
+     "token ids must be below the embedding's num_embeddings (its vocabulary size)"),
+    (re.compile(r"expected scalar type (Long|Int) but found|Input type \(.*(Long|Int|long|int).*\) and "
+                r"(weight|bias) type|\"?\w+\"? not implemented for '(Long|Int)'", re.I),
+     "this layer needs a floating input: x.float() (integer tensors are token ids, for embeddings)"),
+    (re.compile(r"Input type \(.*\) and (weight|bias) type \(.*\) should be the same|"
                 r"expected m1 and m2 to have the same dtype|expected both inputs to have same dtype|"
-                r"should be the same dtype|expected scalar type (Half|BFloat16|Float)", re.I),
-     "input and weights differ in dtype: pass dtype=... to inspect, or cast the input"),
+                r"should be the same dtype|expected scalar type (Half|BFloat16|Float|Double) but found|"
+                r"mixed dtype", re.I),
+     "input and weights differ in dtype: pass dtype=... to inspect (--dtype), or cast the input"),
     (re.compile(r"Expected all tensors to be on the same device", re.I),
-     "a tensor the forward uses is on another device: inspect with device=... or move it"),
+     "a tensor the forward uses is on another device: inspect with device=... (--device) or move it"),
+    (re.compile(r"numpy\.ndarray|received an invalid combination of arguments", re.I),
+     "inputs must be torch tensors: torch.from_numpy(x), or torch.tensor(x)"),
+    (re.compile(r"(list|tuple) indices must be integers or slices, not str|'(list|tuple)' object has no "
+                r"attribute '(keys|items|get)'", re.I),
+     "this forward takes a mapping: pass inputs as a dict (keyword inputs: inputs={...}), or a tuple"),
     (re.compile(r"(missing \d+ required positional argument|takes \d+ positional arguments? but \d+ "
                 r"(were|was) given)"),
      "several positional inputs go in a tuple: inputs=(x, y); a list is one input"),

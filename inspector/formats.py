@@ -1,7 +1,9 @@
 """Output formats, one registry for the Python API and the command line alike.
 
-``render(report_or_comparison, "table" | "markdown" | "json" | "csv" | "html", **options)``; every
-format honours the same options (``depth``, ``columns``, ``exact``). Register a new one with
+``render(report_or_comparison, "table" | "markdown" | "json" | "csv" | "html", **options)``. Every
+format takes the same rows: ``depth`` (how deep in the call tree) or ``top``/``by`` (the calls doing
+the most). The tables, CSV and HTML take ``columns`` too, and the tables and HTML ``exact``; JSON
+always carries every field, as exact numbers, and CSV exact numbers. Register a new format with
 ``@output_format("name", "report")`` (or ``"comparison"``).
 """
 from __future__ import annotations
@@ -144,7 +146,7 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
         cells: list[Any] = [r.name or "(model)", row.kind, row.depth, r.call]
         for c in chosen:
             if c in numeric:
-                value = getattr(row, numeric[c]) if numeric[c] != "saved_bytes" else row.saved_bytes
+                value = getattr(row, numeric[c])
                 cells.append("" if value is None else value)
             elif c in ("input_shape", "output_shape"):
                 cells.append("" if row.kind == "own" else shapes_text(r.input_shapes if c == "input_shape"

@@ -70,6 +70,7 @@ def random_input(shape: tuple[int, ...], dtype: torch.dtype | None, device: torc
     """Random floats, or token ids below the first embedding's vocabulary, made on ``device`` directly."""
     if dtype is not None and not dtype.is_floating_point:
         vocab = next((m.num_embeddings for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))), 2)
+        # (model.modules(): only for token-id inputs, once)
         return torch.randint(0, vocab, shape, dtype=dtype, device=device)
     return torch.randn(shape, dtype=dtype or float_dtype, device=device)
 
@@ -102,7 +103,10 @@ def infer(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> I
     model = tree.model
     example = getattr(model, "example_input", None)
     if callable(example):
-        x = example()
+        try:
+            x = example()
+        except Exception as exc:  # noqa: BLE001 - the model's own helper: its error, in one line
+            raise InputError(f"{type(model).__name__}.example_input() raised {type(exc).__name__}: {exc}") from None
         args = x if isinstance(x, tuple) else (x,)
         shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
         return Inputs(args, {}, (f"input {shapes} from {type(model).__name__}.example_input()",))
@@ -116,7 +120,8 @@ def infer(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> I
         label = f"{name or '(model)'} ({type(layer).__name__})"
         if isinstance(layer, _SEQUENCE_FIRST):
             return Inputs(None, {}, (f"no input given: the first layer {label} takes sequences whose length "
-                                     "sets the cost; pass inputs=... (token ids, or (batch, length, features))",))
+                                     "sets the cost; pass inputs=... (token ids, or (batch, length, features)); on the command line --seq-len or "
+                                     "--input-size",))
         size = None
         if type(layer) in _CONV_SIDES:
             size = (1, layer.in_channels, *_CONV_SIDES[type(layer)])
@@ -126,7 +131,7 @@ def infer(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> I
             return Inputs((torch.randn(size, device=device, dtype=dtype),), {},
                           (f"input {size} invented from the first layer {label}",), invented=True)
     return Inputs(None, {}, ("no input given and none could be inferred: parameters are counted, MACs are not; "
-                             "pass inputs=... or input_size=(...)",))
+                             "pass inputs=... or input_size=(...) (--input-size)",))
 
 
 def resolve(tree: ModelTree, inputs: Any, kwargs: Mapping[str, Any] | None, input_size: Any,
@@ -167,12 +172,6 @@ def model_device(tree: ModelTree) -> torch.device:
         raise InputError(f"the model's tensors are on several devices ({listed}); pass device=... to "
                          "inspect it on one")
     return devices.pop() if devices else torch.device("cpu")
-
-
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    from inspector.collect import tensor_leaves
-
-    return tensor_leaves(value)
 
 
 def move(value: Any, device: torch.device, dtype: torch.dtype | None, moved: set[str]) -> Any:

@@ -226,6 +226,11 @@ def addmm(func: Any, bias: Any, a: Any, b: Any, *rest: Any, **_: Any) -> Any:
         return NotImplemented
     if a.shape[1] != b.shape[0] or len({bias.dtype, a.dtype, b.dtype}) != 1:
         return NotImplemented
+    try:
+        if torch.broadcast_shapes(bias.shape, (a.shape[0], b.shape[1])) != (a.shape[0], b.shape[1]):
+            return NotImplemented
+    except RuntimeError:
+        return NotImplemented
     return _empty((a.shape[0], b.shape[1]), (b.shape[1], 1), a.dtype)
 
 
@@ -256,6 +261,10 @@ def convolution(func: Any, x: Any, weight: Any, bias: Any, stride: Any, padding:
     kernel = weight.shape[2:]
     if not (len(kernel) == len(stride) == len(padding) == len(dilation)):
         return NotImplemented
+    in_channels = weight.shape[0] if transposed else weight.shape[1] * groups
+    out_channels = weight.shape[1] * groups if transposed else weight.shape[0]
+    if x.shape[1] != in_channels or (bias is not None and tuple(bias.shape) != (out_channels,)):
+        return NotImplemented  # a mismatch: the real kernel says what is wrong
     if transposed:
         spatial = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, d, op
                    in zip(x.shape[2:], kernel, stride, padding, dilation, output_padding)]
@@ -282,7 +291,13 @@ def clone(func: Any, x: Any, memory_format: Any = None, **_: Any) -> Any:
 
 
 def run(fn: MetaFn, func: Any, args: tuple, kwargs: dict | None) -> Any:
-    """The fast result, or NotImplemented; with ``CHECK``, compared with the real kernel's."""
+    """The fast result, or NotImplemented; with ``CHECK``, compared with the real kernel's. Only for
+    ops on meta tensors: a meta run still meets real ones (an optimizer's step counter on the CPU)."""
+    first = args[0] if args else None
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    if not isinstance(first, torch.Tensor) or first.device.type != "meta":
+        return NotImplemented
     out = fn(func, *args, **kwargs) if kwargs else fn(func, *args)
     if CHECK and out is not NotImplemented:
         _compare(func, out, func(*args, **(kwargs or {})))
@@ -309,7 +324,7 @@ class FusedRNN(TorchFunctionMode):
 
     def __init__(self, charge: Callable[[Any, tuple, tuple], None]) -> None:
         super().__init__()
-        self.charge = charge  # charge(op packet, args, outputs): count it on the current call
+        self.charge = charge  # charge(op overload, args, outputs): count it on the current call
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         name = getattr(func, "__name__", "")
@@ -321,7 +336,8 @@ class FusedRNN(TorchFunctionMode):
 
                     with torch._C.DisableTorchFunction(), _disable_current_modes():
                         _compare(func, out, func(*args))
-                self.charge(getattr(torch.ops.aten, name), args, out)
+                packet = getattr(torch.ops.aten, name)
+                self.charge(getattr(packet, "input", None) or getattr(packet, "default"), args, out)
                 return out
         return func(*args, **(kwargs or {}))
 

@@ -108,7 +108,8 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
     if name is not None and not isinstance(name, str):
         raise InputError(f"name must be a string, got {name!r}")
     if not backward and (loss_fn is not None or optimizer is not None or autocast is not None):
-        raise InputError("loss_fn, optimizer and autocast apply to a training step: pass backward=True")
+        raise InputError("loss_fn, optimizer and autocast apply to a training step: pass backward=True "
+                         "(--backward)")
     if loss_fn is not None and not callable(loss_fn):
         raise InputError(f"loss_fn must be callable (output -> scalar), got {loss_fn!r}")
     if optimizer is not None:

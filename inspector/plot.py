@@ -101,7 +101,8 @@ def plot_pareto(comparison: Any, path: str) -> str:
     for r in comparison.rows:
         key = (r.family or "", r.metric or "")
         if r.error or not r.macs or key not in TASKS or r.metric_value is None:
-            reason = "failed" if r.error else "no published accuracy" if key not in TASKS else "no MACs"
+            reason = ("failed" if r.error else "no published accuracy" if key not in TASKS or r.metric_value is None
+                      else "no MACs")
             skipped.append(f"{r.name} ({reason})")
         else:
             groups.setdefault(key, []).append(r)

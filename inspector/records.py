@@ -162,4 +162,5 @@ class Uncounted:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.op} x{self.calls}: {self.reason}; total_macs is incomplete"
+        calls = f" x{self.calls}" if self.calls else ""
+        return f"{self.op}{calls}: {self.reason}; total_macs is incomplete"

@@ -45,13 +45,11 @@ def tabulate(rows: Sequence[Sequence[Any]], headers: Sequence[str], tablefmt: st
                                   disable_numparse=True)
 
 
-def human(n: float | None, unit: str = "", binary: bool = False) -> str:
-    """1234567 -> '1.23 M'; below 1000 the number itself. ``binary`` for bytes in KiB/MiB/GiB."""
+def human(n: float | None, unit: str = "") -> str:
+    """1234567 -> '1.23 M'; below 1000 the number itself."""
     if n is None:
         return "-"
-    scales = ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")) if binary else \
-        ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
-    for scale, suffix in scales:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             value = n / scale
             digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
@@ -60,7 +58,8 @@ def human(n: float | None, unit: str = "", binary: bool = False) -> str:
 
 
 def size(nbytes: int | None) -> str:
-    return human(nbytes, "B", binary=True)
+    """Bytes in decimal units (kB, MB, GB), as the summary line gives them."""
+    return human(nbytes, "B")
 
 
 def number(n: int | None, exact: bool) -> str:
@@ -133,27 +132,44 @@ def rows(layers: Sequence[LayerRecord], depth: int | None) -> list[Row]:
                 out.append(Row(r, "own", r.depth + 1, own[0], own[1], own[2], r.self_time_ms,
                                own[3] if bw else None, own[4] if bw else None))
         else:
-            time = r.time_ms if r.time_ms is not None else None
-            out.append(Row(r, "layer", r.depth, own[0], own[1], own[2], time, own[3] if bw else None,
+            out.append(Row(r, "layer", r.depth, own[0], own[1], own[2], r.time_ms, own[3] if bw else None,
                            own[4] if bw else None))
     return out
 
 
-def top_rows(report: Any, k: int, by: str = "macs") -> list[Row]:
-    """The ``k`` calls doing the most of ``by`` themselves, as flat rows of their own figures."""
+#: What a top list ranks by: the row's own figure (its folded figure at a depth).
+RANKS = {"macs": "macs", "flops": "flops", "params": "params", "time": "time_ms", "backward_macs": "backward_macs",
+         "saved_bytes": "saved_bytes"}
+
+
+def check_rank(report: Any, by: str) -> None:
+    """``by`` is a rank the report has figures for (times need timing, backward figures a step)."""
+    if by not in RANKS:
+        raise ValueError(f"ranking by {by!r}: choose from {', '.join(RANKS)}")
+    if by == "time" and report.timing is None:
+        raise ValueError("ranking by time needs per-layer times: inspect with timing=True (--timing)")
+    if by in ("backward_macs", "saved_bytes") and report.training is None:
+        raise ValueError(f"ranking by {by} needs a training step: inspect with backward=True (--backward)")
+
+
+def top_rows(report: Any, k: int, by: str = "macs", depth: int | None = None) -> list[Row]:
+    """The ``k`` rows doing the most of ``by`` among those shown at ``depth`` (own work, with hidden
+    descendants folded in; containers are not ranked, their own-work rows are)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"top must be a positive int, got {k!r}")
-    return [Row(r, "layer", 0, r.params, r.macs, r.flops, r.self_time_ms, r.backward_macs, r.saved_bytes)
-            for r in report.top(k, by)]
+    check_rank(report, by)
+    attr = RANKS[by]
+    summable = [row for row in rows(report.layers, depth) if row.kind != "container"]
+    ranked = sorted((row for row in summable if getattr(row, attr)), key=lambda row: getattr(row, attr),
+                    reverse=True)
+    return ranked[:k]
 
 
 def table_rows(report: Any, depth: int | None = None, top: int | None = None, by: str = "macs") -> list[Row]:
-    """The rows a table, CSV or JSON shows: the call tree to ``depth``, or the ``top`` calls by ``by``."""
+    """The rows a table, CSV or JSON shows: the call tree to ``depth``, or its ``top`` rows by ``by``."""
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 0):
         raise ValueError(f"depth must be a non-negative int or None, got {depth!r}")
-    if not report.ran:
-        return []
-    return top_rows(report, top, by) if top is not None else rows(report.layers, depth)
+    return top_rows(report, top, by, depth) if top is not None else rows(report.layers, depth)
 
 
 # --- columns -------------------------------------------------------------------------------------------
@@ -229,6 +245,8 @@ COLUMNS: dict[str, Column] = {
 
 
 def default_columns(report: Any, timing: bool | None = None) -> list[str]:
+    if not report.ran:  # parameters only: the module tree, no call figures
+        return ["type", "params", "params_pct"]
     columns = ["type", "input_shape", "output_shape", "params", "params_pct", "macs", "macs_pct"]
     if report.run.flops != "matmul":
         columns.append("flops")
@@ -240,12 +258,18 @@ def default_columns(report: Any, timing: bool | None = None) -> list[str]:
     return columns
 
 
-def _label(row: Row, markdown: bool) -> str:
+def _label(row: Row, markdown: bool, flat: bool = False) -> str:
+    """The row's name, indented by its depth in the tree (a top list is flat: full names)."""
+    if flat:
+        return f"{row.record.label} (own)" if row.kind == "own" else row.record.label
     indent = (NBSP * 2 if markdown else "  ") * row.depth
     return indent + ("(own)" if row.kind == "own" else row.record.label)
 
 
-def check_columns(report: Any, columns: Iterable[str] | None, timing: bool | None = None) -> list[str]:
+def check_columns(report: Any, columns: Iterable[str] | str | None, timing: bool | None = None) -> list[str]:
+    """The columns asked for (a list, or one string "params,macs"), each checked; the defaults else."""
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
     chosen = list(columns) if columns is not None else default_columns(report, timing)
     unknown = [c for c in chosen if c not in COLUMNS]
     if unknown:
@@ -258,15 +282,13 @@ def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple
                   by: str = "macs") -> str:
     chosen = check_columns(report, columns, timing)
     markdown = tablefmt in ("github", "pipe")
-    if not report.ran:  # parameters only: no calls to show
-        lines = footer(report, exact)
-        return "\n".join(f"- {line}" for line in lines) if markdown else "\n".join(lines)
     shown = table_rows(report, depth, top, by)
     total_time = report.timing.layer_sum_ms if report.timing is not None else None
     ctx = Context(report.total_params, report.total_macs or 0, total_time, exact, report.timing, markdown)
-    body = [[_label(row, markdown), *(COLUMNS[c].cell(row, ctx) for c in chosen)] for row in shown]
+    body = [[_label(row, markdown, flat=top is not None), *(COLUMNS[c].cell(row, ctx) for c in chosen)]
+            for row in shown]
     total = {"params": number(report.total_params, exact), "macs": number(report.total_macs, exact),
-             "flops": number(report.total_flops, exact), "params_pct": "100%" if report.ran else "",
+             "flops": number(report.total_flops, exact), "params_pct": "100%",
              "macs_pct": "100%" if report.ran else "",
              "backward_macs": number(report.total_backward_macs, exact) if report.training else "",
              "time": f"{total_time:.3f}" if total_time else ""}
@@ -349,10 +371,12 @@ def footer(report: Any, exact: bool = False) -> list[str]:
         more = f" and {len(with_params) - 4} more" if len(with_params) > 4 else ""
         lines.append(f"Not called as modules (their params are on the caller's row): {listed}{more}"
                      + (f"; {without} parameterless modules not called either" if without else ""))
-    if not report.complete:
+    if report.ran and not report.complete:
         problems = [f"{op} x{calls}" for op, calls in report.uncounted_ops.items()]
         problems += [f"{op} (formula failed)" for op in report.formula_errors]
-        lines.append("INCOMPLETE: matmul-like ops not counted, totals are low: " + ", ".join(problems)
+        lines.append("INCOMPLETE: ops whose work was not counted, totals are low: " + ", ".join(problems)
                      + "; give them a formula: inspector.op_formula(...)")
+    if not report.ran:
+        lines.append("MACs: not counted (the model did not run)")
     lines += [f"Note: {note}" for note in report.notes]
     return lines

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from inspector.build import RecordBuilder, Run
+from inspector.op_formulas import MATMUL_LIKE
 from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
 
 SCHEMA_VERSION = 2
@@ -90,7 +91,8 @@ class Training:
 
 @dataclass(frozen=True)
 class Report:
-    """What ``inspect`` found. ``layers`` is one record per module call, in execution order."""
+    """What ``inspect`` found. ``layers`` is one record per module call, in execution order, built
+    from the model when first read (read it before changing the model; the totals are fixed at once)."""
 
     run: Run
     total_params: int
@@ -105,6 +107,7 @@ class Report:
     formula_errors: dict[str, str] = field(default_factory=dict)
     timing: Timing | None = None
     training: Training | None = None
+    leaf_calls: int = 0  # calls with no call inside them (layers, as a table's deepest rows)
     builder: RecordBuilder | None = field(default=None, repr=False, compare=False)
 
     # --- the run -------------------------------------------------------------------------------------
@@ -131,6 +134,9 @@ class Report:
 
     @property
     def notes(self) -> tuple[str, ...]:
+        """Where the input came from, what moved, and (records being built to know it) which closed
+        forms could not be checked."""
+        self._built  # noqa: B018 - building the records is what finds the closed-form notes
         extra = tuple(self.builder.notes) if self.builder is not None else ()
         return self.run.notes + extra
 
@@ -161,8 +167,9 @@ class Report:
 
     @property
     def complete(self) -> bool:
-        """False when some matmul-like op had no formula or a formula failed: totals are then low."""
-        return not self.uncounted_ops and not self.formula_errors
+        """False when MACs were not counted (no input), or some op that may do matmul-like work had no
+        formula (a matmul-like name, or a custom operator), or a formula failed: totals are then low."""
+        return self.ran and not self.uncounted_ops and not self.formula_errors
 
     # --- per call ------------------------------------------------------------------------------------
 
@@ -192,14 +199,11 @@ class Report:
 
     def top(self, k: int = 10, by: str = "macs") -> list[LayerRecord]:
         """The ``k`` calls doing the most of ``by`` themselves (``macs``, ``flops``, ``params``,
-        ``time``, ``backward_macs``, ``saved_bytes``)."""
-        keys = {"macs": lambda r: r.macs, "flops": lambda r: r.flops, "params": lambda r: r.params,
-                "time": lambda r: r.self_time_ms or 0.0, "backward_macs": lambda r: r.backward_macs or 0,
-                "saved_bytes": lambda r: r.saved_bytes or 0}
-        if by not in keys:
-            raise ValueError(f"top(by=...) takes one of {', '.join(keys)}, got {by!r}")
-        key = keys[by]
-        return sorted((r for r in self.layers if key(r)), key=key, reverse=True)[:k]
+        ``time``, ``backward_macs``, ``saved_bytes``); ``table(top=k, depth=d)`` ranks the rows shown
+        at a depth instead."""
+        from inspector.render import top_rows
+
+        return [row.record for row in top_rows(self, k, by)]
 
     def op_totals(self) -> dict[str, OpStat]:
         """Every aten op of the forward, summed over layers, largest MAC count first."""
@@ -226,8 +230,12 @@ class Report:
                 own_bw = r.inclusive_backward_macs - (r.recompute_macs or 0)  # recomputation is forward work
                 if r.expected_backward_macs != own_bw:
                     problems.append(Mismatch(r.label, r.type, "backward_macs", own_bw, r.expected_backward_macs))
+        if not self.ran:
+            problems.append(Uncounted("(the forward)", 0, "not run: no input was given or could be inferred"))
         for op, calls in self.uncounted_ops.items():
-            problems.append(Uncounted(op, calls, "matmul-like op with no formula"))
+            reason = "matmul-like op with no formula" if MATMUL_LIKE.search(op) else \
+                "custom operator with no formula (its work is unknown; give it one with op_formula)"
+            problems.append(Uncounted(op, calls, reason))
         for op, error in self.formula_errors.items():
             problems.append(Uncounted(op, 1, f"its formula failed ({error})"))
         return CrossCheck(problems, checked)

@@ -51,9 +51,12 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def _make_optimizer(optimizer: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if isinstance(optimizer, str):
-        return OPTIMIZERS[optimizer](params)
-    built = optimizer(params)
+    if not params:
+        raise InputError("the model has no trainable parameter for the optimizer to update (all frozen?)")
+    try:
+        built = OPTIMIZERS[optimizer](params) if isinstance(optimizer, str) else optimizer(params)
+    except Exception as exc:  # noqa: BLE001 - a factory's own error, said in one line
+        raise InputError(f"the optimizer could not be built: {type(exc).__name__}: {exc}") from None
     if not isinstance(built, torch.optim.Optimizer):
         raise InputError(f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer")
     return built
@@ -241,13 +244,22 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
     autocast = (lambda: torch.autocast(target.type, dtype=opts.autocast)) if opts.autocast is not None else nullcontext
     optimizer = _make_optimizer(opts.optimizer, params) if opts.optimizer is not None else None
 
-    def step() -> Any:
+    loss_frame = Frame(-3, nn.Identity(), "(loss)", 0, None, 0)
+
+    def step(counting: OpCounter | None = None) -> Any:
         with autocast():
             output = torch.func.functional_call(model, copies, args, kw, tie_weights=True, strict=False)
-            return output, loss_fn(output)
+            if counting is not None:
+                counting.sink = loss_frame  # the loss is not the model's work
+            try:
+                return output, loss_fn(output)
+            finally:
+                if counting is not None:
+                    counting.sink = None
 
     if optimizer is not None:  # warm-up, uncounted: the optimizer state every later step starts with
-        guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False)
+        guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False,
+                               meta=counter.meta, count=False)
         try:
             with guard_only:
                 _, loss = step()
@@ -270,7 +282,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
             live.phase = "forward"
             try:
                 with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                    output, loss = step()
+                    output, loss = step(counter)
             except InspectorError:
                 raise
             except Exception as exc:
@@ -297,7 +309,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
             gradient_bytes = _unique_bytes(grads)
             if optimizer is not None:
                 live.phase = "optimizer"
-                counter.sink = Frame(-2, nn.Identity(), "(optimizer)", 0, None, 0)
+                counter.sink = Frame(-2, nn.Identity(), "(optimizer)", 0, None, 0)  # not the model's work
                 try:
                     optimizer.step()
                 except Exception as exc:

@@ -42,15 +42,14 @@ def _join(prefix: str, name: str) -> str:
 
 def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``named_modules(remove_duplicate=False)`` without its nested generators (one per level, per
-    module): the same pre-order, from an explicit stack. The inside of a TorchScript submodule is
-    not walked: its calls run in the TorchScript interpreter, out of reach of module hooks."""
+    module): the same pre-order, from an explicit stack."""
     out = []
     stack = [("", model)]
     while stack:
         prefix, module = stack.pop()
         out.append((prefix, module))
         children = module._modules
-        if children and not isinstance(module, torch.jit.ScriptModule):
+        if children:
             stack.extend((_join(prefix, name), child) for name, child in reversed(children.items())
                          if child is not None)
     return out
@@ -100,8 +99,20 @@ class ModelTree:
 
     @cached_property
     def first_names(self) -> dict[int, str]:
-        """id(module) -> its first qualified name: how the hooks recognise the model's modules."""
-        return {id(m): name for name, m in self.modules}
+        """id(module) -> its first qualified name: how the hooks recognise the model's modules (not
+        the inside of a TorchScript submodule: it runs in the TorchScript interpreter, one call)."""
+        names = {id(m): name for name, m in self.modules}
+        for inner in self.inside_scripted:
+            names.pop(id(inner), None)
+        return names
+
+    @cached_property
+    def inside_scripted(self) -> list[nn.Module]:
+        """Modules below a TorchScript submodule (their parameters count; their calls are not seen)."""
+        if not self.has(torch.jit.ScriptModule):
+            return []
+        tops = [name for name, m in self.modules if isinstance(m, torch.jit.ScriptModule)]
+        return [m for name, m in self.modules if any(name.startswith(f"{t}.") or (not t and name) for t in tops)]
 
     @cached_property
     def shared_ids(self) -> frozenset[int]:
@@ -122,14 +133,18 @@ class ModelTree:
     def with_pre_hooks(self) -> list[nn.Module]:
         """Modules with forward pre-hooks of their own (weight_norm, pruning, the user's)."""
         modules = self.module_list
+        if self.scripted:  # TorchScript modules hold no Python hooks
+            modules = [m for m in modules if not isinstance(m, torch.jit.ScriptModule)]
         return list(compress(modules, map(len, map(_PRE_HOOKS, modules))))
 
     @cached_property
     def scripted(self) -> list[str]:
-        """TorchScript submodules (counted as one call each: their ops land in their own row)."""
+        """The outermost TorchScript submodules (counted as one call each: their ops land in their row)."""
         if not self.has(torch.jit.ScriptModule):
             return []
-        return [name for name, m in self.modules if isinstance(m, torch.jit.ScriptModule) and name]
+        inner = set(map(id, self.inside_scripted))
+        return [name for name, m in self.modules if isinstance(m, torch.jit.ScriptModule) and name
+                and id(m) not in inner]
 
     @cached_property
     def params(self) -> list[NamedParam]:

@@ -231,3 +231,44 @@ def test_weight_norm_and_spectral_norm_are_no_false_alarms():
             report = inspect(model, torch.randn(2, 4), mode=mode)
             assert report.crosscheck() == [], (make, mode, report.crosscheck())
             assert report.layer("0").inclusive_macs - report.layer("0").hook_macs == 2 * 16
+
+
+@torch.library.custom_op("inspector_test::project", mutates_args=())
+def project(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a @ b
+
+
+def test_a_custom_op_with_an_innocent_name_is_still_loud():
+    """Nothing in the name says matmul: a custom operator without a formula is reported anyway."""
+    class Projects(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 5))
+
+        def forward(self, x):
+            return project(x, self.w)
+
+    report = inspect(Projects(), torch.randn(3, 4))
+    assert report.uncounted_ops == {"inspector_test.project": 1} and not report.complete
+    assert "custom operator" in str(report.crosscheck())
+
+
+def test_torchscript_submodule_parameters_are_counted():
+    class Host(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.s = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+
+        def forward(self, x):
+            return self.s(self.a(x))
+
+    model = Host()
+    report = inspect(model, torch.randn(2, 4))
+    assert report.total_params == sum(p.numel() for p in model.parameters()) == 40
+    assert report.layer("s").params == 20 and report.uncalled == ()
+
+
+def test_fast_meta_convolution_still_refuses_a_channel_mismatch():
+    with pytest.raises(LayerError, match="channel|expected"):
+        inspect(nn.Conv2d(3, 8, 3), torch.randn(1, 4, 8, 8), device="meta")

@@ -286,3 +286,99 @@ def test_repeated_inspection_keeps_nothing():
     gc.collect()
     assert live_tensors() <= tensors
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024 < 20
+
+
+class TransposeData(nn.Module):
+    """.data set to a view of the same storage: only the layout changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x):
+        self.w.data = self.w.data.t()
+        return x
+
+
+class SubclassParameter(nn.Parameter):
+    pass
+
+
+class WritesSubclass(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = SubclassParameter(torch.ones(3))
+
+    def forward(self, x):
+        self.w.data.mul_(2)
+        return x * self.w
+
+
+class Reorders(nn.Module):
+    """Pops and re-inserts a submodule: the order a Sequential would run in changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        a = self._modules.pop("a")
+        self._modules["a"] = a
+        return self.b(a(x))
+
+
+class WritesOnlyLater(nn.Module):
+    """Writes a buffer from its second forward on: only the timed passes do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("n", torch.zeros(()))
+        self.register_buffer("m", torch.zeros(()))
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        if self.n.item() > 0:
+            self.m.add_(1)
+        self.n.add_(1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("make,options", [(TransposeData, {}), (WritesSubclass, {}), (Reorders, {}),
+                                          (WritesOnlyLater, {"timing": True, "repeat": 3, "warmup": 1, "peak": None})])
+def test_layouts_subclasses_order_and_timed_writes_come_back(make, options):
+    model = make()
+    x = torch.randn(3) if make is WritesSubclass else torch.randn(2)
+    before = snapshot(model)
+    inspect(model, x, **options)
+    assert_untouched(model, before)
+
+
+class TrainRaises(nn.Module):
+    """A train() override that refuses one direction; the forward writes a buffer."""
+
+    def __init__(self, refuse: bool) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.fc = nn.Linear(2, 2)
+        self.register_buffer("n", torch.zeros(()))
+
+    def train(self, mode: bool = True):
+        if mode == self.refuse:
+            raise RuntimeError("no, not that mode")
+        return super().train(mode)
+
+    def forward(self, x):
+        self.n.add_(1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("refuse", [True, False])  # refuses giving back train mode; refuses entering eval
+def test_a_train_override_that_raises_still_gets_everything_back(refuse):
+    model = TrainRaises(refuse)
+    nn.Module.train(model, True)
+    before = snapshot(model)
+    with parametrize.cached():
+        with pytest.raises(LayerError, match="no, not that mode"):
+            inspect(model, torch.randn(2))
+        assert parametrize._cache_enabled == 1
+    assert_untouched(model, before)

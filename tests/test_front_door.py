@@ -290,3 +290,85 @@ def test_cli_incomplete_count_exits_3(tmp_path):
     out = run_cli("summary", f"{net}:Net", "--input-size", "2,4")
     assert out.returncode == 3 and "INCOMPLETE" in out.stdout
 
+
+
+def test_top_ranks_the_rows_shown_at_a_depth():
+    report = _gpt_report()
+    shallow = report.table(depth=1, top=2, exact=True).splitlines()
+    names = [line.split()[0] for line in shallow[2:4]]
+    assert names == ["transformer", "lm_head"]  # at depth 1 the transformer holds every block
+    as_json = json.loads(report.render("json", depth=1, top=2))
+    assert all(layer["depth"] <= 1 for layer in as_json["layers"])
+    deep = [r.name for r in report.top(3)]
+    assert all(report.layer(name).depth >= 2 for name in deep)  # blocks' own attention work, fc layers
+    with pytest.raises(ValueError, match="timing"):
+        report.table(top=3, by="time")
+
+
+def test_a_report_that_counted_no_macs_says_so():
+    report = inspect(LSTMFirst())
+    assert not report.complete and report.crosscheck() != []
+    assert "MACs: not counted" in str(report) and "lstm" in str(report)  # the module tree, with parameters
+    assert sum(r.params for r in report.layers) == report.total_params
+
+
+def test_cli_exit_3_when_no_macs_were_counted(tmp_path):
+    net = tmp_path / "lstm.py"
+    net.write_text("import torch.nn as nn\nclass Tagger(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                   "        self.lstm = nn.LSTM(8, 16)\n    def forward(self, x):\n        return self.lstm(x)[0]\n")
+    out = run_cli("summary", f"{net}:Tagger")
+    assert out.returncode == 3 and "MACs: not counted" in out.stdout
+    counted = run_cli("summary", f"{net}:Tagger", "--input-size", "5,2,8", "--format", "json")
+    assert counted.returncode == 0
+    assert json.loads(counted.stdout)["totals"]["macs"] == 5 * 2 * 4 * 16 * (8 + 16)  # steps x gates x H x (I + H)
+
+
+@pytest.mark.parametrize("args", [
+    ["summary", "resnet18", "--top", "3", "--sort", "time"],
+    ["summary", "resnet18", "--columns", "params,speed"],
+    ["summary", "resnet18", "--optimizer", "adam"],
+    ["summary", "resnet18", "--batch", "2", "--input-size", "2,3,64,64"],
+    ["summary", "some/folder/net.py"],
+    ["compare", "resnet18", "--family", "video"],
+    ["compare", "resnet18", "--sort", "speed"],
+])
+def test_cli_mistakes_found_before_anything_runs(args):
+    out = run_cli(*args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len([line for line in out.stderr.splitlines() if line.strip()]) == 1, out.stderr
+
+
+def test_cli_usage_errors_are_one_line():
+    out = run_cli("summary", "resnet18", "--depth", "-1")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--help" in out.stderr
+
+
+def test_cli_token_input_size_and_sources_options(tmp_path):
+    net = tmp_path / "lm.py"
+    net.write_text("import torch, torch.nn as nn\nclass LM(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                   "        self.emb = nn.Embedding(50, 8)\n        self.fc = nn.Linear(8, 50)\n"
+                   "    def forward(self, ids):\n        return self.fc(self.emb(ids))\n"
+                   "    def example_input(self, batch=1):\n        return torch.randint(0, 50, (batch, 4))\n")
+    by_seq = json.loads(run_cli("summary", f"{net}:LM", "--seq-len", "6", "--batch", "3", "--format", "json").stdout)
+    assert by_seq["totals"]["macs"] == 3 * 6 * 8 * 50 and by_seq["input_dtypes"] == ["int64"]
+    by_batch = json.loads(run_cli("summary", f"{net}:LM", "--batch", "2", "--format", "json").stdout)
+    assert by_batch["totals"]["macs"] == 2 * 4 * 8 * 50  # its own example_input(batch=2)
+    ids = run_cli("summary", "resnet18", "--input-size", "1,3,32,32:int64")
+    assert ids.returncode == 2 and "floating input" in ids.stderr  # the dtype is honoured, and explained
+
+
+HINTED = {
+    "half model, float input": (lambda: nn.Linear(4, 4).half(), lambda: torch.randn(2, 4), "dtype"),
+    "numpy input": (lambda: nn.Conv2d(3, 4, 3), lambda: __import__("numpy").zeros((1, 3, 8, 8), "float32"),
+                    "torch tensors"),
+    "token id out of range": (lambda: nn.Embedding(10, 4), lambda: torch.tensor([[3, 12]]), "num_embeddings"),
+}
+
+
+@pytest.mark.parametrize("label", list(HINTED))
+def test_more_mistakes_get_hints(label):
+    from inspector import InspectorError
+
+    make, x, words = HINTED[label]
+    with pytest.raises(InspectorError, match=words):
+        inspect(make(), x())

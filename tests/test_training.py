@@ -288,3 +288,13 @@ def test_bad_training_arguments():
     frozen = nn.Linear(4, 4).requires_grad_(False)
     with pytest.raises(InputError, match="trainable"):
         inspect(frozen, torch.randn(2, 4), backward=True)
+
+
+def test_the_loss_is_not_the_model_s_work_and_optimizer_errors_are_one_line():
+    model = nn.Linear(16, 16)
+    x = torch.randn(4, 16)
+    assert inspect(model, x, backward=True, loss_fn=lambda o: (o @ o.T).sum()).total_macs == 4 * 16 * 16
+    with pytest.raises(InputError, match="no trainable parameter"):
+        inspect(nn.Linear(2, 2).requires_grad_(False), torch.randn(1, 2), backward=True, optimizer="sgd")
+    with pytest.raises(InputError, match="Invalid learning rate"):
+        inspect(model, x, backward=True, optimizer=lambda params: torch.optim.SGD(params, lr=-1))

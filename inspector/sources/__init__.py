@@ -62,6 +62,15 @@ class BuildOptions:
 
         return parse_size(self.input_size)[0]
 
+    def random(self, model: nn.Module) -> torch.Tensor | None:
+        """A random input of ``input_size`` on ``device`` (token ids for an integer dtype), or None."""
+        if self.input_size is None:
+            return None
+        from inspector.inputs import parse_size, random_input
+
+        shape, dtype = parse_size(self.input_size)
+        return random_input(shape, dtype, torch.device(self.device), model)
+
 
 class Source(Protocol):
     """One family of names."""

@@ -36,8 +36,8 @@ def load_config(name: str) -> Any:
     if path.is_file() and path.suffix == ".json":
         return transformers.AutoConfig.from_pretrained(str(path.parent)) if path.name == "config.json" \
             else transformers.PretrainedConfig.from_json_file(str(path))
-    try:
-        return transformers.AutoConfig.from_pretrained(name)
+    try:  # a hub name from the local cache only: never a download, never a wait on the network
+        return transformers.AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnknownModelError(f"no Hugging Face config for {name!r} (a directory with config.json, or a hub "

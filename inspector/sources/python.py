@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import importlib.util
 import os
 import sys
@@ -96,8 +97,26 @@ class PythonSource:
     description = "your own code: path/to/net.py:Net or package.module:factory"
 
     def build(self, name: str, options: BuildOptions) -> ModelSpec:
+        """``input_size`` when given; else ``seq_len`` token ids (batch ``batch``); else the model's own
+        ``example_input(batch=...)`` when it takes a batch; else ``inspect`` infers what it can."""
         module = instantiate(resolve_object(name), name)
-        return ModelSpec(name=name.rpartition(":")[2], module=module, input_size=options.input_size)
+        label = name.rpartition(":")[2]
+        if options.input_size is not None:
+            return ModelSpec(name=label, module=module, input_size=options.input_size)
+        if options.seq_len is not None:
+            return ModelSpec(name=label, module=module, input_size=((options.batch or 1, options.seq_len), "int64"))
+        example = getattr(module, "example_input", None)
+        if options.batch is not None and callable(example):
+            try:
+                takes_batch = "batch" in inspect.signature(example).parameters
+            except (TypeError, ValueError):
+                takes_batch = False
+            if takes_batch:
+                x = example(batch=options.batch)
+                return ModelSpec(name=label, module=module, args=x if isinstance(x, tuple) else (x,))
+        if options.batch is not None:
+            raise InspectorError(f"{label} has no example_input(batch=...): give its input with --input-size")
+        return ModelSpec(name=label, module=module)
 
     def names(self, family: str | None = None) -> list[str]:
         return []

@@ -29,12 +29,11 @@ class TimmSource:
         with torch.device(device):
             model = timm.create_model(name, pretrained=False)
         model.eval()
-        size = options.shape
-        if size is None:
+        x = options.random(model)
+        if x is None:
             cfg = getattr(model, "pretrained_cfg", None) or {}
-            size = (options.batch or 1, *cfg.get("input_size", (3, 224, 224)))
-        return ModelSpec(name=f"timm:{name}", module=model, args=(torch.randn(size, device=device),),
-                         device=str(device))
+            x = torch.randn((options.batch or 1, *cfg.get("input_size", (3, 224, 224))), device=device)
+        return ModelSpec(name=f"timm:{name}", module=model, args=(x,), device=str(device))
 
     def names(self, family: str | None = None) -> list[str]:
         return list(_timm().list_models())

@@ -228,9 +228,12 @@ class TorchvisionSource:
         notes = ()
         if device != torch.device(options.device):
             notes = (f"{name} runs on {device}: {entry(name).family} models cannot run on {options.device}",)
-        return ModelSpec(name=name, module=torchvision_model(name, device),
-                         args=example_inputs(name, device, options.batch, options.shape),
-                         published=entry(name).published(), device=str(device), notes=notes)
+        module = torchvision_model(name, device)
+        family = entry(name).family
+        given = options.random(module) if family not in ("detection", "optical_flow") else None
+        args = (given,) if given is not None else example_inputs(name, device, options.batch, options.shape)
+        return ModelSpec(name=name, module=module, args=args, published=entry(name).published(), device=str(device),
+                         notes=notes)
 
     def names(self, family: str | None = None) -> list[str]:
         return list_names(family)
