@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from inspector import inspect_spec
-from inspector.errors import InspectorError, first_line
+from inspector.errors import first_line
 from inspector.render import size, tabulate
 from inspector.sources import ModelSpec, Published, load
 

@@ -337,7 +337,7 @@ class FusedRNN(TorchFunctionMode):
                     with torch._C.DisableTorchFunction(), _disable_current_modes():
                         _compare(func, out, func(*args))
                 packet = getattr(torch.ops.aten, name)
-                self.charge(getattr(packet, "input", None) or getattr(packet, "default"), args, out)
+                self.charge(getattr(packet, "input", None) or packet.default, args, out)
                 return out
         return func(*args, **(kwargs or {}))
 
