@@ -18,7 +18,6 @@ import cProfile
 import io
 import platform
 import pstats
-import statistics
 import subprocess
 import sys
 import time
@@ -136,8 +135,9 @@ def _sync_for(device: str) -> Callable[[], None]:
 
 
 def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable[[], None]) -> dict[str, Any]:
-    """Median seconds per function, in rounds (plain forward, then each function once), so that a
-    shared machine's drift hits every column alike. A function failing is a result, not a crash."""
+    """Seconds per function, the fastest of ``repeat`` rounds (plain forward, then each function
+    once): rounds, so that a shared machine's drift hits every column alike; the fastest, because
+    noise only ever adds time (as timeit advises). A function failing is a result, not a crash."""
     times: dict[str, Any] = {"forward": [], **{k: [] for k in fns}}
     with torch.no_grad():
         model(x)
@@ -161,7 +161,7 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
             fn(model, x)
             sync()
             times[name].append(time.perf_counter() - start)
-    return {k: v if isinstance(v, Exception) else statistics.median(v) for k, v in times.items()}
+    return {k: v if isinstance(v, Exception) else min(v) for k, v in times.items()}
 
 
 def _first_call(name: str, device: str, sync: Callable[[], None]) -> tuple[float, float]:
@@ -232,7 +232,7 @@ def _probe(which: str) -> tuple[float, int]:
 
 
 def _meta_against_cpu(name: str, repeat: int) -> tuple[float, float, bool]:
-    """Median seconds of inspect() on meta and on the CPU (built on each), and whether the counts agree."""
+    """Fastest seconds of inspect() on meta and on the CPU (built on each), and whether the counts agree."""
     if name.startswith("timm:"):
         import timm
 
@@ -253,7 +253,7 @@ def _meta_against_cpu(name: str, repeat: int) -> tuple[float, float, bool]:
             start = time.perf_counter()
             inspect(models[device], inputs[device]).total_macs
             times[device].append(time.perf_counter() - start)
-    return statistics.median(times["meta"]), statistics.median(times["cpu"]), counts["cpu"] == counts["meta"]
+    return min(times["meta"]), min(times["cpu"]), counts["cpu"] == counts["meta"]
 
 
 def _profile(name: str, device: str, top: int = 14) -> str:
@@ -278,7 +278,7 @@ def _mark(ok: bool) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--repeat", type=int, default=9)
+    p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models, inputs and timing run")
     p.add_argument("--out", default=None, help="default: RESULTS.md on CPU, RESULTS-cuda.md on CUDA")
@@ -389,8 +389,8 @@ def _environment(device: str, args: argparse.Namespace) -> list[str]:
     return ["# Benchmarks", "",
             f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s, {peak_gbytes:,.1f} GB/s. "
             f"Peers: {', '.join(versions)}.",
-            f"Command: `{' '.join(['python', *sys.argv])}`. Times are medians of {args.repeat} interleaved rounds "
-            f"(a plain forward, then every tool once) on {device}, published input size.", ""]
+            f"Command: `{' '.join(['python', *sys.argv])}`. Times are the fastest of {args.repeat} interleaved "
+            f"rounds (a plain forward, then every tool once) on {device}, published input size.", ""]
 
 
 def _meta_targets() -> list[str]:
