@@ -17,7 +17,7 @@ from torch import nn
 from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
 from inspector.build import RecordBuilder, Run, layer_sum_ms, merge_outside, param_totals
-from inspector.collect import Collection, Collector, OpCounter, tensor_leaves
+from inspector.collect import Collection, Collector, OpCounter, OpInfo, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, with_hint)
@@ -85,7 +85,8 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
         if phase == "backward" and counter is not None and counter.bw_stack:
             frame = counter.bw_stack[-1]
         message = first_line(exc)
-        op = counter.failed_op if counter is not None else None
+        failed_op = counter.failed_op if counter is not None else None
+        op = failed_op.name if failed_op is not None else None
         config = "" if frame is None else _config(frame.module)
         where = "the model's own code (outside any submodule)" if frame is None else \
             f"layer {frame.name or '(model)'!r} ({type(frame.module).__name__}" + (f": {config})" if config else ")")
@@ -93,7 +94,7 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
             f"{s if isinstance(s, Nested) else tuple(s)} {str(d).replace('torch.', '')}"
             for s, d in zip(frame.input_shapes, frame.input_dtypes)) or "no tensors"
         during = "" if phase == "forward" else f" during {phase}"
-        if device.type == "meta" and _data_dependent(counter, op, message):
+        if device.type == "meta" and _data_dependent(failed_op, message):
             return MetaDeviceError(f"{where}{during}: {op or 'an op'} needs tensor values, which the meta device does "
                                    f"not hold (.item(), nonzero, bool(tensor) on a result): inspect on "
                                    f"device='cpu' (or cuda) instead")
@@ -108,17 +109,15 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
         return LayerError(f"the {phase} pass failed: {type(exc).__name__}")
 
 
-def _data_dependent(counter: OpCounter | None, op: str | None, message: str) -> bool:
-    if counter is not None and op is not None:
-        info = next((i for f, i in counter._info.items() if i.name == op), None)
-        if info is not None and info.data_dependent:
-            return True
+def _data_dependent(op: OpInfo | None, message: str) -> bool:
+    if op is not None and op.data_dependent:
+        return True
     lowered = message.lower()
     return "meta" in lowered and any(w in lowered for w in ("item", "data-dependent", "data dependent", "nonzero",
                                                             "cannot copy out", "boolean value", "not implemented"))
 
 
-def _check_call(model: nn.Module, args: tuple, kwargs: dict, ins: inputs_mod.Inputs) -> None:
+def _check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
     """The inputs fit forward's signature (so that a TypeError inside forward is the model's, not ours)."""
     try:
         signature = pyinspect.signature(model.forward)
@@ -187,7 +186,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     args, kw = inputs_mod.move((ins.args, ins.kwargs), target, opts.dtype, moved)
     if moved and not ins.invented:
         notes += [f"inputs moved from {d} to {target}" for d in sorted(moved)]
-    _check_call(model, args, kw, ins)
+    _check_call(model, args, kw)
     leaves = tensor_leaves((args, kw))
     run = replace(run, input_shapes=tuple(tuple(t.shape) for t in leaves),
                   input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves), notes=tuple(notes))

@@ -61,12 +61,8 @@ def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTota
     params, buffers = tree.param_tensors, tree.buffer_tensors
     packed = {id(t) for _, t, _ in tree._packed}
     trainable = [p for p in compress(params, map(_REQUIRES_GRAD, params)) if id(p) not in packed]
-    if dtype is None:
-        param_bytes = sum(map(_NBYTES, params))
-    else:
-        size = sizer(dtype)
-        param_bytes = sum(map(size, params))
-    buffer_bytes = sum(map(_NBYTES, buffers)) if dtype is None else sum(map(sizer(dtype), buffers))
+    size = _NBYTES if dtype is None else sizer(dtype)
+    param_bytes, buffer_bytes = sum(map(size, params)), sum(map(size, buffers))
     return ParamTotals(params=sum(map(torch.Tensor.numel, params)), trainable=sum(map(torch.Tensor.numel, trainable)),
                        buffer_elements=sum(map(torch.Tensor.numel, buffers)), param_bytes=param_bytes,
                        buffer_bytes=buffer_bytes)

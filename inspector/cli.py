@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import inspector
+from inspector.borrow import MODES
 from inspector.errors import InspectorError, first_line
-from inspector.render import COLUMNS
+from inspector.options import DTYPES
+from inspector.render import COLUMNS, RANKS, check_columns
+from inspector.sources.torchvision_source import FAMILIES
+from inspector.training import OPTIMIZERS
 
 OK, FAILED, USAGE, INCOMPLETE, INTERRUPTED = 0, 1, 2, 3, 130
 REPORT_FORMATS = ("table", "markdown", "json", "csv", "html")
@@ -112,9 +116,11 @@ def _progress_bar(force: bool | None):  # noqa: ANN202
 
 def _check_summary(args: argparse.Namespace) -> None:
     """What the command line can tell is wrong before a model is built."""
-    unknown = [c for c in (args.columns or "").split(",") if c and c not in COLUMNS]
-    if unknown:
-        raise CliError(f"--columns: unknown {', '.join(unknown)}; choose from {', '.join(COLUMNS)}")
+    if args.columns:
+        try:
+            check_columns(None, args.columns)
+        except ValueError as exc:
+            raise CliError(f"--columns: {exc}") from None
     if args.top and args.sort == "time" and not args.timing:
         raise CliError("--sort time needs per-layer times: add --timing")
     if args.top and args.sort in ("backward_macs", "saved_bytes") and not args.backward:
@@ -252,11 +258,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=_positive, help="batch size of the example input (default 1)")
     s.add_argument("--seq-len", type=_positive, help="tokens per sequence for hf: models (default 128)")
     s.add_argument("--device", help="cpu (default), cuda, cuda:N or meta (counts without computing)")
-    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), help="run the weights in this dtype")
-    s.add_argument("--mode", choices=("eval", "train", "as_is"), help="module mode (default eval; train with --backward)")
+    s.add_argument("--dtype", choices=tuple(DTYPES), help="run the weights in this dtype")
+    s.add_argument("--mode", choices=MODES, help="module mode (default eval; train with --backward)")
     s.add_argument("--depth", type=_natural, help="levels of the call tree to show (default: all)")
     s.add_argument("--top", type=_positive, metavar="K", help="show only the K calls doing the most (see --sort)")
-    s.add_argument("--sort", default="macs", choices=("macs", "flops", "params", "time", "backward_macs", "saved_bytes"),
+    s.add_argument("--sort", default="macs", choices=tuple(RANKS),
                    help="what --top ranks by (default macs)")
     s.add_argument("--columns", metavar="COL,COL", help="table columns, from: " + ", ".join(COLUMNS))
     s.add_argument("--exact", action="store_true", help="exact integers instead of readable units (4.09 G)")
@@ -266,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--peak", type=_peak, default="measure", metavar="GFLOPS,GBPS",
                    help="device peak for the roofline: GFLOPS,GBPS, 'measure' (default) or 'none'")
     s.add_argument("--backward", action="store_true", help="also one training step: backward MACs and its memory")
-    s.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"),
+    s.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
                    help="optimizer of the training step (with --backward)")
     s.add_argument("--format", choices=REPORT_FORMATS, default="table", help="output format (default table)")
     s.set_defaults(run=cmd_summary)
@@ -274,8 +280,7 @@ def parser() -> argparse.ArgumentParser:
                        description="Several models side by side; names from any source, mixed.")
     c.add_argument("models", nargs="*", metavar="NAME", help="models to compare (as for summary)")
     c.add_argument("--all", action="store_true", help="every registered torchvision model (of --family)")
-    c.add_argument("--family", choices=["classification", "segmentation", "video", "detection", "optical_flow",
-                                        "quantization"], help="with --all: one torchvision family")
+    c.add_argument("--family", choices=FAMILIES, help="with --all: one torchvision family")
     c.add_argument("--device", help="cpu (default), cuda, cuda:N or meta")
     c.add_argument("--batch", type=_positive, help="batch size of every example input (default 1)")
     c.add_argument("--seq-len", type=_positive, help="tokens per sequence for hf: models (default 128)")
@@ -290,9 +295,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_compare)
     li = sub.add_parser("list", help="models a source knows", description="Models a source knows.")
     li.add_argument("--source", default="tv", choices=("tv", "timm"), help="tv (torchvision, default) or timm")
-    li.add_argument("--family", default=None, choices=["classification", "segmentation", "video", "detection",
-                                                        "optical_flow", "quantization"],
-                    help="a torchvision family")
+    li.add_argument("--family", default=None, choices=FAMILIES, help="a torchvision family")
     li.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
     li.set_defaults(run=cmd_list)
     b = sub.add_parser("blog", help="the post's figures checked, its exercises answered",

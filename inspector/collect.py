@@ -284,7 +284,7 @@ class OpCounter(TorchDispatchMode):
         self.live = Live()
         self.uncounted: dict[str, int] = {}
         self.formula_errors: dict[str, str] = {}
-        self.failed_op: str | None = None
+        self.failed_op: OpInfo | None = None  # the op that raised, if one did
         self.backward = False
         self.bw_stack: list[Frame] = []
         self.recomputing: set[int] = set()  # frames whose forward is being recomputed (checkpointing)
@@ -307,7 +307,7 @@ class OpCounter(TorchDispatchMode):
             if out is NotImplemented:
                 out = func(*args, **kwargs) if kwargs else func(*args)
         except Exception:
-            self.failed_op = info.name
+            self.failed_op = info
             raise
         if not self.count:
             return out

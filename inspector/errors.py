@@ -41,10 +41,6 @@ class RegistryError(InspectorError, ValueError):
     """A formula registered twice for the same key, or for an operator that does not exist."""
 
 
-class ConcurrentUseError(InspectorError, RuntimeError):
-    """The same model is being inspected from another thread."""
-
-
 #: Substrings of common PyTorch errors -> what the user most likely has to change.
 _HINTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"expected \d+D input \(got (\d+)D input\)|Expected (\d+)D \(unbatched\)|"

@@ -141,6 +141,7 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
     for c in chosen:
         header.append(numeric.get(c, c))
     writer.writerow(header)
+    ctx = _csv_context(report)
     for row in table_rows(report, depth, top, by):
         r = row.record
         cells: list[Any] = [r.name or "(model)", row.kind, row.depth, r.call]
@@ -152,7 +153,7 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
                 cells.append("" if row.kind == "own" else shapes_text(r.input_shapes if c == "input_shape"
                                                                       else r.output_shapes))
             else:
-                cells.append(COLUMNS[c].cell(row, _csv_context(report)).strip("()"))
+                cells.append(COLUMNS[c].cell(row, ctx).strip("()"))
         writer.writerow(cells)
     return out.getvalue()
 

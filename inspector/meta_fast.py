@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from inspector.op_formulas import resolve_op
+from inspector import op_formulas
 
 MetaFn = Callable[..., Any]  # fn(op overload, *args, **kwargs) -> output(s) or NotImplemented
 FAST: dict[Any, MetaFn] = {}
@@ -31,7 +31,7 @@ def fast(*names: str) -> Callable[[MetaFn], MetaFn]:
     def bind(fn: MetaFn) -> MetaFn:
         for name in names:
             try:
-                FAST[resolve_op(name)] = fn
+                FAST[op_formulas.resolve_op(name)] = fn
             except Exception:  # noqa: BLE001 - an op this torch does not have
                 continue
         return fn
@@ -39,8 +39,7 @@ def fast(*names: str) -> Callable[[MetaFn], MetaFn]:
 
 
 def lookup(func: Any) -> MetaFn | None:
-    found = FAST.get(func)
-    return found if found is not None else FAST.get(func.overloadpacket)
+    return op_formulas.lookup(FAST, func)
 
 
 def _empty(shape: Any, stride: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -268,14 +267,12 @@ def convolution(func: Any, x: Any, weight: Any, bias: Any, stride: Any, padding:
     if transposed:
         spatial = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, d, op
                    in zip(x.shape[2:], kernel, stride, padding, dilation, output_padding)]
-        channels = weight.shape[1] * groups
     else:
         spatial = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
                    zip(x.shape[2:], kernel, stride, padding, dilation)]
-        channels = weight.shape[0]
     if any(n <= 0 for n in spatial):
         return NotImplemented  # let the real kernel say what is wrong
-    shape = (x.shape[0], channels, *spatial)
+    shape = (x.shape[0], out_channels, *spatial)
     return _empty(shape, _contiguous_strides(shape), x.dtype)
 
 
@@ -361,9 +358,7 @@ def _rnn_outputs(name: str, args: tuple) -> tuple[torch.Tensor, ...] | None:
     h_out = hidden.shape[-1]
     features = directions * h_out
     dtype = data.dtype
-    if packed:
-        output = _empty((data.shape[0], features), (features, 1), dtype)
-    elif data.dim() == 2:  # unbatched (L, input)
+    if packed or data.dim() == 2:  # packed (tokens, input) or unbatched (L, input)
         output = _empty((data.shape[0], features), (features, 1), dtype)
     elif batch_first:  # computed as (L, N, features), handed back transposed
         n, length = data.shape[0], data.shape[1]

@@ -313,7 +313,7 @@ def summary_line(report: Any) -> str:
         parts += [f"{human(report.total_macs, 'MACs')}", f"{human(report.total_flops, 'FLOPs')}"]
     if report.training is not None:
         parts.append(f"backward {human(report.total_backward_macs, 'MACs')}")
-    parts.append(human(report.param_bytes, "B"))
+    parts.append(size(report.param_bytes))
     flag = "" if report.complete else " (incomplete: uncounted ops)"
     return f"{report.model}: " + ", ".join(parts) + flag
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inspector.borrow import substitute_state
 from inspector.build import merge_outside
 from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
 from inspector.errors import InputError, InspectorError
@@ -71,12 +72,9 @@ def _optimizer_name(optimizer: Any) -> str | None:
 def step_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Copies of every parameter (requiring grad as the original does) and buffer, on ``device`` in
     ``dtype``: the step trains these, never the model's own tensors."""
-    def copy(t: torch.Tensor) -> torch.Tensor:
-        cast = dtype if dtype is not None and t.is_floating_point() else None
-        return t.detach().to(device=device, dtype=cast, copy=True)
-
-    state = {name: copy(p).requires_grad_(p.requires_grad) for name, p in tree.parameters}
-    state.update((name, copy(b)) for name, b in tree.buffers)
+    state = substitute_state(tree, device, dtype, copies=True)
+    for name, p in tree.parameters:
+        state[name].requires_grad_(p.requires_grad)
     return state
 
 
@@ -270,7 +268,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
             raise
         except Exception as exc:
             raise on_error(exc, "the warm-up step") from exc
-    inputs = [t for t in tensor_leaves((args, kw)) if isinstance(t, torch.Tensor)]
+    inputs = tensor_leaves((args, kw))
     opt_state = _optimizer_tensors(optimizer)
     saved = SavedActivations(collector, _storage_keys(all_params + buffers + inputs))
     tracker = BackwardTracker(counter, collector)

@@ -110,8 +110,7 @@ def split(name: str) -> tuple[str, str]:
 def load(name: str, *, device: str | torch.device = "cpu", batch: int | None = None, seq_len: int | None = None,
          input_size: Any = None) -> ModelSpec:
     """Build the model ``name`` names, with example inputs on ``device`` (see the module docstring)."""
-    _ensure_builtin()
-    prefix, rest = split(name)
+    prefix, rest = split(name)  # registers the built-in sources
     options = BuildOptions(device=str(device), batch=batch, seq_len=seq_len, input_size=input_size)
     return SOURCES.get(prefix).build(rest, options)  # type: ignore[union-attr]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from inspector.errors import InputError, InspectorError, UnknownModelError
+from inspector.errors import InputError, InspectorError, UnknownModelError, first_line
 from inspector.sources import BuildOptions, ModelSpec, model_source
 
 DEFAULT_SEQ_LEN = 128
@@ -39,9 +39,8 @@ def load_config(name: str) -> Any:
     try:  # a hub name from the local cache only: never a download, never a wait on the network
         return transformers.AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnknownModelError(f"no Hugging Face config for {name!r} (a directory with config.json, or a hub "
-                                f"name already in the local cache): {first}") from None
+                                f"name already in the local cache): {first_line(exc)}") from None
 
 
 def build_from_config(config: Any) -> Any:
