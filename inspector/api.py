@@ -6,10 +6,12 @@ The data flows one way: options -> inputs -> collect (hooks + dispatch mode) -> 
 from __future__ import annotations
 
 import copy
+import gc
 import inspect as pyinspect
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +26,9 @@ from inspector.errors import (InputError, InspectorError, LayerError, MetaDevice
 from inspector.options import Options, validate
 from inspector.report import Report
 from inspector.tree import ModelTree
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
@@ -140,6 +145,25 @@ def _params_only(tree: ModelTree, run: Run) -> Report:
                   buffer_bytes=totals.buffer_bytes, total_macs=None, builder=RecordBuilder(tree, None, None))
 
 
+def _collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
+    """Python's cyclic garbage collector paused while ``fn`` runs, as ``timeit`` does: a pass makes a
+    few thousand lasting objects (a frame per module call) while the model's forward allocates, and
+    every collection the allocations trigger would scan them all again. Reference counting frees
+    everything as usual meanwhile; the next collection after the call sees what the caller kept of
+    the report, as it would for any object the caller keeps. A caller's disabled collector stays so."""
+    @functools.wraps(fn)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+    return paused
+
+
+@_collector_paused
 def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] | None = None, input_size: Any = None,
             device: Any = None, dtype: Any = None, mode: str | None = None, flops: str = "matmul",
             formulas: dict[Any, Any] | None = None, timing: bool = False, repeat: int = 10, warmup: int = 2,

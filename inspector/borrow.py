@@ -82,13 +82,27 @@ def call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: 
 
 _is = operator.is_
 _dict_attrs = operator.itemgetter("_parameters", "_buffers", "_modules", *_HOOK_DICTS)
-_version = operator.attrgetter("_version")
 _requires_grad = operator.attrgetter("requires_grad")
 _TRAINING = operator.attrgetter("training")
+_is_leaf = operator.attrgetter("is_leaf")
+_grad = operator.attrgetter("_grad")
+_LAYOUT = operator.attrgetter("layout", "is_nested")
+#: What a C-level read of one tensor gives: its version counter (in-place writes, set_, resize_),
+#: flags and shape; compared as tuples of plain values.
+_STATE = operator.attrgetter("_version", "requires_grad", "is_leaf", "is_meta", "shape")
+_REQUIRES_GRAD, _LEAF, _META, _SIZE = map(operator.itemgetter, range(1, 5))
+
+_is_meta = operator.attrgetter("is_meta")
 
 
 def _plain_strided(t: torch.Tensor) -> bool:
     return t.layout == torch.strided and not t.is_nested and not isinstance(t, nn.parameter.UninitializedTensorMixin)
+
+
+def _all_plain_strided(ts: list[torch.Tensor]) -> bool:
+    """``all(map(_plain_strided, ts))`` in C-level loops (and each distinct type checked once)."""
+    return (set(map(_LAYOUT, ts)) <= {(torch.strided, False)}
+            and not any(issubclass(k, nn.parameter.UninitializedTensorMixin) for k in set(map(type, ts))))
 
 
 def _put_back(current: dict, saved: dict) -> None:
@@ -101,7 +115,8 @@ def _put_back(current: dict, saved: dict) -> None:
     current.update(saved)
 
 
-_MISSING = object()
+def _tensor_types(types: set[type]) -> frozenset[type]:
+    return frozenset(t for t in types if issubclass(t, torch.Tensor))
 
 
 class _Dicts:
@@ -124,9 +139,13 @@ class _Dicts:
         self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
 
     def tensors(self) -> list[torch.Tensor]:
-        """Parameters, buffers and plain tensor attributes (subclasses included), as the dicts hold them."""
+        """Parameters, buffers and plain tensor attributes (subclasses included), as the dicts hold them.
+        Filtered by type, each distinct type checked once (``isinstance`` against torch.Tensor's
+        metaclass costs four times a set lookup, for every one of thousands of values)."""
         values = self.values
-        return list(compress(values, map(isinstance, values, repeat(torch.Tensor))))
+        types = list(map(type, values))
+        kinds = _tensor_types(set(types))
+        return list(compress(values, map(kinds.__contains__, types)))
 
     def restore(self) -> None:
         dicts = self.dicts
@@ -148,24 +167,38 @@ class _Tensors:
     ``.grad``. Taken and checked with C-level maps; restored one by one only where something moved."""
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
-        if not all(map(_plain_strided, tensors)):  # sparse, nested, lazy: no storage to keep
-            tensors = [t for t in tensors if t.layout == torch.strided and not t.is_nested
-                       and not isinstance(t, nn.parameter.UninitializedTensorMixin)]
-        # inference tensors keep no version counter: they go last and are always checked one by one
-        inference = sum(map(torch.Tensor.is_inference, tensors))
-        ts = sorted(tensors, key=torch.Tensor.is_inference) if inference else tensors
-        self.counted = len(ts) - inference
+        if not _all_plain_strided(tensors):  # sparse, nested, lazy: no storage to keep
+            tensors = [t for t in tensors if _plain_strided(t)]
+        try:  # version, flags and shape in one C-level read per tensor
+            state: list[tuple] | None = list(map(_STATE, tensors))
+            ts, self.counted = tensors, len(tensors)
+        except RuntimeError:  # an inference tensor keeps no version counter: those go last, checked one by one
+            state = None
+            ts = sorted(tensors, key=torch.Tensor.is_inference)
+            self.counted = len(ts) - sum(map(torch.Tensor.is_inference, ts))
         self.tensors = ts
+        self.state = state
         self.storages = list(map(torch.Tensor.untyped_storage, ts))
         self.nbytes = list(map(torch.UntypedStorage.nbytes, self.storages))
         self.ptrs = list(map(torch.Tensor.data_ptr, ts))
-        self.versions = list(map(_version, ts[:self.counted]))
-        self.sizes = list(map(torch.Tensor.size, ts))
         self.strides = list(map(torch.Tensor.stride, ts))
         self.offsets = list(map(torch.Tensor.storage_offset, ts))
-        self.requires_grad = list(map(_requires_grad, ts))
-        self.grads = [t._grad if t.is_leaf else None for t in ts]
-        self.meta = [i for i, t in enumerate(ts) if t.device.type == "meta"]
+        if state is not None:
+            self.sizes = list(map(_SIZE, state))
+            self.requires_grad = list(map(_REQUIRES_GRAD, state))
+            self.leaves = all(map(_LEAF, state))  # the usual case: .grad read in one C-level loop
+            self.meta = list(compress(range(len(ts)), map(_META, state)))
+        else:
+            self.sizes = list(map(torch.Tensor.size, ts))
+            self.requires_grad = list(map(_requires_grad, ts))
+            self.leaves = all(map(_is_leaf, ts))
+            self.meta = list(compress(range(len(ts)), map(_is_meta, ts)))
+        self.grads = self._grads()
+
+    def _grads(self) -> list[torch.Tensor | None]:
+        if self.leaves:
+            return list(map(_grad, self.tensors))
+        return [t._grad if t.is_leaf else None for t in self.tensors]  # ._grad of a non-leaf warns
 
     def owned(self) -> dict[int, Any]:
         """Data pointer -> storage, for every model storage that holds data (copy-on-write)."""
@@ -173,13 +206,11 @@ class _Tensors:
 
     def _unchanged(self) -> bool:
         ts = self.tensors
-        return (self.counted == len(ts) and list(map(_version, ts)) == self.versions
+        return (self.state is not None and self.leaves and list(map(_STATE, ts)) == self.state
                 and list(map(torch.Tensor.data_ptr, ts)) == self.ptrs
-                and list(map(torch.Tensor.size, ts)) == self.sizes
                 and list(map(torch.Tensor.stride, ts)) == self.strides
                 and list(map(torch.Tensor.storage_offset, ts)) == self.offsets
-                and list(map(_requires_grad, ts)) == self.requires_grad
-                and all(map(_is, (t._grad if t.is_leaf else None for t in ts), self.grads))
+                and all(map(_is, map(_grad, ts), self.grads))
                 and list(map(torch.UntypedStorage.nbytes, self.storages)) == self.nbytes
                 and all(ts[i].untyped_storage()._cdata == self.storages[i]._cdata for i in self.meta))
 
@@ -221,7 +252,7 @@ class Borrow:
         """Called by the dispatch mode before an op writes ``t``: save the model storage it lives in.
         The storage is found by its base address (no storage object made for every activation an
         in-place op writes)."""
-        if not self._owned or t.device.type == "meta":
+        if not self._owned or t.is_meta:
             return
         try:
             ptr = t.data_ptr() - t.storage_offset() * t.element_size()
@@ -252,8 +283,9 @@ class Borrow:
         if self.tree.scripted:
             modules = [m for m in modules if not isinstance(m, torch.jit.ScriptModule)]
         self.dicts = _Dicts(modules)
-        every = chain(self.tree.param_tensors, self.tree.buffer_tensors, self.dicts.tensors())
-        self.tensors = _Tensors(list({id(t): t for t in every if isinstance(t, torch.Tensor)}.values()))
+        # the dicts hold every parameter, buffer and tensor attribute; packed quantized weights are apart
+        every = [*self.dicts.tensors(), *(t for _, t, _ in self.tree.packed)]
+        self.tensors = _Tensors(list(dict(zip(map(id, every), every)).values()))  # tied tensors once
         self._owned = self.tensors.owned()
         self.globals = {name: getattr(module_mod, name).copy() for name in _GLOBAL_HOOKS
                         if hasattr(module_mod, name)}

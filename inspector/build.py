@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from inspector.closed_forms import evaluate, evaluate_backward
-from inspector.collect import Collection, Frame
+from inspector.collect import NONE, Collection, Frame
 from inspector.errors import first_line
 from inspector.records import LayerRecord, OpStat
 from inspector.tree import ModelTree
@@ -59,7 +59,7 @@ def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTota
     """Totals from the tree's unnamed tensor lists, in C-level loops (packed quantized weights are
     frozen parameters); bytes of floating tensors in ``dtype`` when the pass casts them."""
     params, buffers = tree.param_tensors, tree.buffer_tensors
-    packed = {id(t) for _, t, _ in tree._packed}
+    packed = {id(t) for _, t, _ in tree.packed}
     trainable = [p for p in compress(params, map(_REQUIRES_GRAD, params)) if id(p) not in packed]
     size = _NBYTES if dtype is None else sizer(dtype)
     param_bytes, buffer_bytes = sum(map(size, params)), sum(map(size, buffers))
@@ -172,15 +172,14 @@ def merge_outside(collection: Collection) -> None:
     root, outside = collection.frames[0], collection.outside
     for attr in ("macs", "flops", "bw_macs", "bw_flops"):
         setattr(root, attr, getattr(root, attr) + getattr(outside, attr))
-    for mine, theirs in ((root.ops, outside.ops), (root.bw_ops, outside.bw_ops)):
+    for backward, theirs in ((False, outside.ops), (True, outside.bw_ops)):
         for op, (calls, macs) in theirs.items():
-            stat = mine.setdefault(op, [0, 0])
+            stat = root.op_stats(backward).setdefault(op, [0, 0])
             stat[0] += calls
             stat[1] += macs
     for attr in ("macs", "flops", "bw_macs", "bw_flops"):
         setattr(outside, attr, 0)
-    outside.ops.clear()
-    outside.bw_ops.clear()
+    outside.ops = outside.bw_ops = NONE
 
 
 @dataclass
@@ -220,7 +219,9 @@ class RecordBuilder:
                 has_children[f.parent] = True
         names = {id(m): name for name, m in tree.modules}
         records = []
+        calls: dict[int, int] = {}  # id(module) -> its calls so far: the call number of each frame
         for f in frames:
+            call = calls[id(f.module)] = calls.get(id(f.module), -1) + 1
             form = expected_bw = None
             try:
                 form = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else None
@@ -236,7 +237,7 @@ class RecordBuilder:
             bw = self.backward
             records.append(LayerRecord.make(
                 index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
-                call=f.call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
+                call=call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
                 input_dtypes=tuple(str(d).replace("torch.", "") for d in f.input_dtypes),
                 output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
                 inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive["macs"][f.index],

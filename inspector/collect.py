@@ -16,9 +16,10 @@ from __future__ import annotations
 import operator
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -32,10 +33,13 @@ from inspector.op_formulas import MATMUL_LIKE, Nested
 from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
+_get_ident = threading.get_ident
 _FAILED = object()
-_shape = operator.attrgetter("shape")
-_dtype = operator.attrgetter("dtype")
-_nbytes_of = operator.attrgetter("nbytes")
+#: The shared empty, read-only mapping of a frame without kwargs or ops: no dict made per module
+#: call for what most calls never fill (fewer objects for the cyclic garbage collector to scan).
+NONE: Mapping[str, Any] = MappingProxyType({})
+_INPUT = operator.attrgetter("shape", "dtype", "nbytes")
+_FIRST, _SECOND, _THIRD = map(operator.itemgetter, range(3))
 _requires_grad = operator.attrgetter("requires_grad")
 
 
@@ -45,35 +49,61 @@ class Frame:
     ``args``/``kwargs`` hold shapes (see ``shape_of``), never the tensors themselves. A plain class
     with slots: one is made per module call, on the hot path."""
 
-    __slots__ = ("index", "module", "name", "depth", "parent", "call", "args", "kwargs", "input_shapes",
-                 "input_dtypes", "input_bytes", "outputs", "output_bytes", "macs", "flops", "ops", "failed",
-                 "hook_macs", "grad_input", "bw_macs", "bw_flops", "bw_ops", "saved_bytes", "recompute_macs")
+    __slots__ = ("index", "module", "name", "depth", "parent", "inputs", "_args", "kwargs", "outputs",
+                 "output_bytes", "macs", "flops", "ops", "failed", "hook_macs", "grad_input", "bw_macs", "bw_flops",
+                 "bw_ops", "saved_bytes", "recompute_macs")
 
-    def __init__(self, index: int, module: nn.Module, name: str, depth: int, parent: int | None, call: int) -> None:
+    def __init__(self, index: int, module: nn.Module, name: str, depth: int, parent: int | None) -> None:
         self.index = index
         self.module = module
         self.name = name
         self.depth = depth
         self.parent = parent
-        self.call = call
-        self.args: tuple[Any, ...] = ()
-        self.kwargs: dict[str, Any] = {}
-        self.input_shapes: tuple[Shape, ...] = ()
-        self.input_dtypes: tuple[torch.dtype, ...] = ()
-        self.input_bytes = 0
+        #: (shape, dtype, bytes) of each tensor input, read in one C-level call per tensor
+        self.inputs: tuple[tuple[Any, torch.dtype, int], ...] = ()
+        self._args: tuple[Any, ...] | None = None  # None: the inputs are exactly the positional tensors
+        self.kwargs: Mapping[str, Any] = NONE
         self.outputs: tuple[Shape, ...] = ()
         self.output_bytes = 0
         self.macs = 0
         self.flops = 0          # elementwise FLOPs of the convention in force (0 under "matmul")
-        self.ops: dict[str, list[int]] = {}
+        self.ops: Mapping[str, list[int]] = NONE  # op name -> [calls, MACs]; a dict from the first op on
         self.failed = False
         self.hook_macs = 0      # work done by the module's own pre-hooks (not its forward)
         self.grad_input = False  # some tensor input required grad (its gradient is computed in backward)
         self.bw_macs = 0
         self.bw_flops = 0
-        self.bw_ops: dict[str, list[int]] = {}
+        self.bw_ops: Mapping[str, list[int]] = NONE
         self.saved_bytes = 0    # activations autograd saved for backward during this call
         self.recompute_macs = 0  # forward work recomputed in backward (activation checkpointing)
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments as closed forms see them (see ``shape_of``)."""
+        return self._args if self._args is not None else self.input_shapes
+
+    @property
+    def input_shapes(self) -> tuple[Any, ...]:
+        return tuple(map(_FIRST, self.inputs))
+
+    @property
+    def input_dtypes(self) -> tuple[torch.dtype, ...]:
+        return tuple(map(_SECOND, self.inputs))
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(map(_THIRD, self.inputs))
+
+    def op_stats(self, backward: bool = False) -> dict[str, list[int]]:
+        """The writable op table (forward or backward), made on first use."""
+        ops = self.bw_ops if backward else self.ops
+        if ops is NONE:
+            ops = {}
+            if backward:
+                self.bw_ops = ops
+            else:
+                self.ops = ops
+        return ops  # type: ignore[return-value]
 
 
 def _tensor_shape(t: torch.Tensor) -> Any:
@@ -135,6 +165,10 @@ def _op_shapes(value: Any) -> Any:
     return value
 
 
+_PLAIN = frozenset({torch.Tensor, nn.Parameter})
+_SEQUENCES = frozenset({list, tuple})
+
+
 def _out_shapes(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return _tensor_shape(out)
@@ -148,10 +182,12 @@ class Live:
 
     Storages, not tensors: a view outliving the tensor it was taken from (a flattened activation
     saved for backward) keeps its memory. Each storage is counted once and gets a plain weak
-    reference whose callback subtracts its bytes when it dies (storages keep their Python object as
-    long as they live; ``weakref.finalize`` would cost ten times as much per storage)."""
+    reference (storages keep their Python object as long as they live; ``weakref.finalize`` would
+    cost ten times as much). Its callback is a C-level ``list.append``: the dead are subtracted in
+    one go before the next storage is counted (the peak can only rise there), with no Python call
+    per death."""
 
-    __slots__ = ("now", "peak", "phase", "peak_phase", "_refs", "_free", "__weakref__")
+    __slots__ = ("now", "peak", "phase", "peak_phase", "_refs", "_dead")
 
     def __init__(self) -> None:
         self.now = 0
@@ -159,15 +195,7 @@ class Live:
         self.phase = "forward"
         self.peak_phase = "forward"
         self._refs: dict[int, _StorageRef] = {}  # storage address -> its reference
-        refs = self._refs
-
-        def free(ref: _StorageRef, owner: weakref.ref = weakref.ref(self)) -> None:
-            live = owner()
-            if refs.get(ref.key) is ref:
-                del refs[ref.key]
-                if live is not None:
-                    live.now -= ref.nbytes
-        self._free = free
+        self._dead: list[_StorageRef] = []  # references whose storage died since the last add
 
     def add(self, tensor: torch.Tensor) -> None:
         """A tensor an op allocated; a storage already counted (an op handing back its input
@@ -176,16 +204,28 @@ class Live:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # nested or sparse: no single storage
             return
+        refs = self._refs
+        if self._dead:  # first: a new storage may sit at a dead one's address
+            self.settle()
         key = storage._cdata
-        if key in self._refs:
+        if key in refs:
             return
-        ref = _StorageRef(storage, self._free)
+        ref = _StorageRef(storage, self._dead.append)
         ref.key, ref.nbytes = key, storage.nbytes()
-        self._refs[key] = ref
+        refs[key] = ref
         self.now += ref.nbytes
         if self.now > self.peak:
             self.peak = self.now
             self.peak_phase = self.phase
+
+    def settle(self) -> None:
+        """Subtract the storages that died (``now`` is exact after this)."""
+        refs = self._refs
+        for ref in self._dead:
+            if refs.get(ref.key) is ref:
+                del refs[ref.key]
+                self.now -= ref.nbytes
+        self._dead.clear()
 
 
 class _StorageRef(weakref.ref):
@@ -221,6 +261,7 @@ class OpInfo:
     guarded: bool = False  # writes something: the guard sees it first
     counts: bool = False   # has a MAC formula or an elementwise cost
     fast: Callable[..., Any] | None = None  # a fast meta kernel (inspector.meta_fast)
+    direct: bool = False  # an OpOverload whose C++ entry (``_op``) can be called without its __call__
 
 
 #: OpInfo by (id(op), formula table, convention), shared by every counting pass: an op is described once
@@ -255,7 +296,7 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
                   undeclared=undeclared,
                   data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags,
                   guarded=bool(writes or undeclared), counts=formula is not None or extra is not None,
-                  fast=meta_fast.lookup(func))
+                  fast=meta_fast.lookup(func), direct=hasattr(func, "_op") and hasattr(func, "_pyobj_dispatcher"))
 
 
 WriteGuard = Callable[[torch.Tensor], None]
@@ -291,7 +332,7 @@ class OpCounter(TorchDispatchMode):
         self.sink: Frame | None = None  # when set, every op is charged here: the loss, the optimizer step
         self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
-        self.outside = Frame(-1, nn.Identity(), "", 0, None, 0)
+        self.outside = Frame(-1, nn.Identity(), "", 0, None)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         # the hot path: one call per aten op of the forward; kept flat on purpose
@@ -305,7 +346,9 @@ class OpCounter(TorchDispatchMode):
             if self.meta and info.fast is not None:
                 out = meta_fast.run(info.fast, func, args, kwargs)
             if out is NotImplemented:
-                out = func(*args, **kwargs) if kwargs else func(*args)
+                # the overload's C++ entry, as its Python __call__ would pick it (one frame less per op)
+                call = func._op if info.direct and func._pyobj_dispatcher is None else func
+                out = call(*args, **kwargs) if kwargs else call(*args)
         except Exception:
             self.failed_op = info
             raise
@@ -325,7 +368,8 @@ class OpCounter(TorchDispatchMode):
                 self.uncounted[info.name] = self.uncounted.get(info.name, 0) + 1
             stat = frame.ops.get(info.name)
             if stat is None:
-                frame.ops[info.name] = [1, macs]
+                ops = frame.ops if frame.ops is not NONE else frame.op_stats()
+                ops[info.name] = [1, macs]
             else:
                 stat[0] += 1
                 stat[1] += macs
@@ -363,7 +407,7 @@ class OpCounter(TorchDispatchMode):
                 frame.flops += flops
         elif info.suspicious:
             self.uncounted[info.name] = self.uncounted.get(info.name, 0) + 1
-        ops = frame.bw_ops if backward else frame.ops
+        ops = frame.op_stats(backward)
         stat = ops.get(info.name)
         if stat is None:
             ops[info.name] = [1, macs]
@@ -383,9 +427,12 @@ class OpCounter(TorchDispatchMode):
                 self.live.add(t)
 
     def _count(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> tuple[int, int]:
-        shapes = [_op_shapes(a) for a in args]
+        try:  # the common arguments (tensors, scalars) without a call each; sequences and nested tensors apart
+            shapes = [a.shape if type(a) in _PLAIN else _op_shapes(a) if type(a) in _SEQUENCES else a for a in args]
+        except RuntimeError:  # a nested tensor has no single shape
+            shapes = [_op_shapes(a) for a in args]
         kw = {k: _op_shapes(v) for k, v in kwargs.items()} if kwargs else {}
-        out_shape = _out_shapes(out)
+        out_shape = out.shape if type(out) is torch.Tensor and not out.is_nested else _out_shapes(out)
         macs = flops = 0
         try:
             if info.formula is not None:
@@ -445,7 +492,6 @@ class Collector:
         self.capture = capture  # record shapes (counting); off for timed passes
         self.marks: list[tuple[Any, Any]] = []
         self.on_post: list[Callable[[Frame, tuple, dict | None, Any], None]] = []
-        self._calls: dict[int, int] = {}
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self.redirect: Any = None  # during backward: recomputed calls go to redirect.pre/post (training)
@@ -453,6 +499,8 @@ class Collector:
         #: id(RNN module) -> its fused-op mode, on the meta device without autograd (see meta_fast)
         self.fused_rnn: dict[int, Any] = {}
         self._fused: list[Any] = []
+        #: ids of the modules whose calls need more than a frame (shared ones, fused RNNs)
+        self.special: frozenset[int] = self.shared
 
     def fuse_rnns(self, counter: OpCounter) -> None:
         """Count RNN modules as their fused op (meta device, no autograd): one op, not one per step."""
@@ -460,6 +508,7 @@ class Collector:
 
         self.fused_rnn = {id(m): FusedRNN(counter.charge_fused) for _, m in self.tree.modules
                           if isinstance(m, nn.RNNBase)}
+        self.special = self.shared | self.fused_rnn.keys()
 
     def _name(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names is named by the parent that called it."""
@@ -471,35 +520,40 @@ class Collector:
         return name
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
-        name = self.names.get(id(module))
-        if name is None or threading.get_ident() != self._thread:
+        # the hot path: one call per module call
+        key = id(module)
+        name = self.names.get(key)
+        if name is None or _get_ident() != self._thread:
             return
         if self.redirect is not None:
             self.redirect.pre(module)
             return
-        if id(module) in self.shared:
-            name = self._name(module, name)
-        if id(module) in self.fused_rnn:
-            self._fused.append(self.fused_rnn[id(module)].__enter__())
+        if key in self.special:
+            name = self._special_pre(module, name)
         stack = self.stack
-        key = id(module)
-        call = self._calls.get(key, 0)
-        self._calls[key] = call + 1
-        parent = stack[-1] if stack else None
-        frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent is not None else 0,
-                      parent.index if parent is not None else None, call)
-        self.frames.append(frame)
+        frames = self.frames
+        if stack:
+            parent = stack[-1]
+            frame = Frame(len(frames), module, name, parent.depth + 1, parent.index)
+        else:
+            frame = Frame(len(frames), module, name, 0, None)
+        frames.append(frame)
         stack.append(frame)
         if self.timer is not None:
             self.marks.append((self.timer(), None))
 
-    def _post(self, module: nn.Module, args: tuple, *rest: Any) -> None:
+    def _special_pre(self, module: nn.Module, name: str) -> str:
+        """A module reachable under several names, or an RNN counted as its fused op."""
+        if id(module) in self.shared:
+            name = self._name(module, name)
+        if id(module) in self.fused_rnn:
+            self._fused.append(self.fused_rnn[id(module)].__enter__())
+        return name
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: Any = None, output: Any = _FAILED) -> None:
+        # torch calls always_call hooks as (module, args, result) when the forward raised: no output
         end = self.timer() if self.timer is not None else None
-        if len(rest) == 2:
-            kwargs, output = rest
-        else:  # torch calls always_call hooks without kwargs when the forward raised
-            kwargs, output = None, _FAILED
-        if id(module) not in self.names or threading.get_ident() != self._thread:
+        if id(module) not in self.names or _get_ident() != self._thread:
             return
         if self.redirect is not None:
             self.redirect.post(module)
@@ -513,9 +567,8 @@ class Collector:
         frame = stack.pop()
         if self._fused and id(module) in self.fused_rnn:
             self._fused.pop().__exit__(None, None, None)
-        if self.timer is not None:
-            start = self.marks[frame.index][0]
-            self.marks[frame.index] = (start, end)
+        if end is not None:
+            self.marks[frame.index] = (self.marks[frame.index][0], end)
         if output is _FAILED:
             frame.failed = True
             if self.failed is None:
@@ -534,8 +587,9 @@ class Collector:
                 leaves = tensor_leaves(output)
                 frame.outputs = tuple(_tensor_shape(t) for t in leaves)
                 frame.output_bytes = _nbytes(leaves)
-        for callback in self.on_post:
-            callback(frame, args, kwargs, output)
+        if self.on_post:
+            for callback in self.on_post:
+                callback(frame, args, kwargs, output)
 
     def _below(self, frame: Frame, ancestor: Frame) -> bool:
         while frame.parent is not None:
@@ -546,21 +600,18 @@ class Collector:
 
     def _inputs(self, frame: Frame, args: tuple, kwargs: dict | None) -> None:
         if not kwargs:
-            try:  # the common case, in C-level loops: every argument a plain tensor
-                frame.args = frame.input_shapes = tuple(map(_shape, args))
-                frame.input_dtypes = tuple(map(_dtype, args))
-                frame.input_bytes = sum(map(_nbytes_of, args))
+            try:  # the common case, in one C-level loop: every argument a plain tensor
+                frame.inputs = tuple(map(_INPUT, args))
                 if self.grads:
                     frame.grad_input = any(map(_requires_grad, args))
                 return
             except (AttributeError, RuntimeError):  # a non-tensor, or a nested tensor
                 pass
         leaves = tensor_leaves((args, kwargs or {}))
-        frame.args = tuple(shape_of(a) for a in args)
-        frame.kwargs = {k: shape_of(v) for k, v in (kwargs or {}).items()}
-        frame.input_shapes = tuple(_tensor_shape(t) for t in leaves)
-        frame.input_dtypes = tuple(t.dtype for t in leaves)
-        frame.input_bytes = _nbytes(leaves)
+        frame._args = tuple(shape_of(a) for a in args)
+        if kwargs:
+            frame.kwargs = {k: shape_of(v) for k, v in kwargs.items()}
+        frame.inputs = tuple((_tensor_shape(t), t.dtype, _numel(t) * t.element_size()) for t in leaves)
         frame.grad_input = any(t.requires_grad for t in leaves)
 
     @contextmanager

@@ -242,7 +242,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
     autocast = (lambda: torch.autocast(target.type, dtype=opts.autocast)) if opts.autocast is not None else nullcontext
     optimizer = _make_optimizer(opts.optimizer, params) if opts.optimizer is not None else None
 
-    loss_frame = Frame(-3, nn.Identity(), "(loss)", 0, None, 0)
+    loss_frame = Frame(-3, nn.Identity(), "(loss)", 0, None)
 
     def step(counting: OpCounter | None = None) -> Any:
         with autocast():
@@ -307,7 +307,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
             gradient_bytes = _unique_bytes(grads)
             if optimizer is not None:
                 live.phase = "optimizer"
-                counter.sink = Frame(-2, nn.Identity(), "(optimizer)", 0, None, 0)  # not the model's work
+                counter.sink = Frame(-2, nn.Identity(), "(optimizer)", 0, None)  # not the model's work
                 try:
                     optimizer.step()
                 except Exception as exc:

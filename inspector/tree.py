@@ -90,7 +90,7 @@ class ModelTree:
         loops: the totals of a report need no more)."""
         dicts = map(_PARAMETERS, self.module_list)
         unique = {id(p): p for p in chain.from_iterable(map(_VALUES, dicts)) if p is not None}
-        return [*unique.values(), *(t for _, t, _ in self._packed)]
+        return [*unique.values(), *(t for _, t, _ in self.packed)]
 
     @cached_property
     def buffer_tensors(self) -> list[torch.Tensor]:
@@ -149,7 +149,7 @@ class ModelTree:
     @cached_property
     def params(self) -> list[NamedParam]:
         """Unique parameters (a tied tensor once, under its first name), then packed quantized weights."""
-        return [(name, p, p.requires_grad) for name, p in self.parameters] + self._packed
+        return [(name, p, p.requires_grad) for name, p in self.parameters] + self.packed
 
     @cached_property
     def parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -160,7 +160,7 @@ class ModelTree:
     def param_paths(self) -> list[NamedParam]:
         """Every parameter under every name it has (tied tensors repeated), packed weights last."""
         regular = self._parameters(self.paths, unique=False)
-        return [(name, p, p.requires_grad) for name, p in regular] + self._packed
+        return [(name, p, p.requires_grad) for name, p in regular] + self.packed
 
     @cached_property
     def buffers(self) -> list[tuple[str, torch.Tensor]]:
@@ -178,10 +178,10 @@ class ModelTree:
     def has_tied_params(self) -> bool:
         """Whether some parameter is reachable under two names (tied weights or a shared module)."""
         every = chain.from_iterable(map(_VALUES, map(_PARAMETERS, (m for _, m in self.paths))))
-        return sum(1 for p in every if p is not None) != len(self.param_tensors) - len(self._packed)
+        return sum(1 for p in every if p is not None) != len(self.param_tensors) - len(self.packed)
 
     @cached_property
-    def _packed(self) -> list[NamedParam]:
+    def packed(self) -> list[NamedParam]:
         if not any(".quantized" in t.__module__ for t in set(map(type, self.module_list))):
             return []
         return [(_join(prefix, f"packed{i}"), t, False)

@@ -238,6 +238,40 @@ def test_global_hooks_and_user_hooks_are_kept():
         global_handle.remove()
 
 
+class _RaisesInForward(nn.Module):
+    def forward(self, x):
+        assert not gc.isenabled(), "the cyclic collector runs during the pass"
+        raise ValueError("boom")
+
+
+class _ChecksCollector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled_during: list[bool] = []
+
+    def forward(self, x):
+        self.enabled_during.append(gc.isenabled())
+        return x * 2
+
+
+def test_the_garbage_collector_is_paused_for_the_pass_and_given_back():
+    """Paused while counting (the forward sees it off), back on afterwards, also after a forward that
+    raised; a caller who turned it off finds it off."""
+    model = _ChecksCollector()
+    assert gc.isenabled()
+    inspect(model, torch.randn(2, 3))
+    assert model.enabled_during == [False] and gc.isenabled()
+    with pytest.raises(LayerError, match="boom"):
+        inspect(_RaisesInForward(), torch.randn(2, 3))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        inspect(model, torch.randn(2, 3))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_two_threads_inspecting_one_model_are_serialised():
     """Same model from three threads: every report sees exactly the model's calls, and the model's
     BatchNorm statistics and training flags come back."""
@@ -341,6 +375,35 @@ class WritesOnlyLater(nn.Module):
             self.m.add_(1)
         self.n.add_(1)
         return self.fc(x)
+
+
+class OneSignal(nn.Module):
+    """A forward that changes exactly one thing about a parameter, which only one of the checks
+    before restoring sees: its requires_grad flag, its strides alone (a square weight transposed
+    through .data: same storage, same shape) or its .grad."""
+
+    def __init__(self, change: str) -> None:
+        super().__init__()
+        self.change = change
+        self.w = nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x):
+        if self.change == "requires_grad":
+            self.w.requires_grad_(False)
+        elif self.change == "strides":
+            self.w.data = self.w.data.t()
+        else:
+            self.w.grad = torch.ones(3, 3)
+        return x @ self.w
+
+
+@pytest.mark.parametrize("change", ["requires_grad", "strides", "grad"])
+def test_a_change_only_one_check_sees_comes_back(change):
+    model = OneSignal(change)
+    before = snapshot(model)
+    inspect(model, torch.randn(2, 3))
+    assert_untouched(model, before)
+    assert model.w.requires_grad and model.w.stride() == (3, 1) and model.w.grad is None
 
 
 @pytest.mark.parametrize("make,options", [(TransposeData, {}), (WritesSubclass, {}), (Reorders, {}),
