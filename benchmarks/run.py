@@ -134,31 +134,33 @@ def _sync_for(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable[[], None]) -> dict[str, Any]:
-    """Seconds per function, the fastest of ``repeat`` rounds (plain forward, then each function
-    once): rounds, so that a shared machine's drift hits every column alike; the fastest, because
-    noise only ever adds time (as timeit advises). A function failing is a result, not a crash."""
-    times: dict[str, Any] = {"forward": [], **{k: [] for k in fns}}
+def _plain_forward(model, x) -> None:
     with torch.no_grad():
         model(x)
-    for name, fn in fns.items():
+
+
+def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable[[], None]) -> dict[str, Any]:
+    """Seconds per function, the fastest of ``repeat`` rounds (a plain forward and each function
+    once): rounds, so that a shared machine's drift hits every column alike; the fastest, because
+    noise only ever adds time (as timeit advises). Each round starts one place further along the
+    list: what ran just before changes the allocator's state (at batch 32 the same forward measured
+    5-10% apart by its place in the round), so no column always follows the same one. A function
+    failing is a result, not a crash."""
+    every: dict[str, Callable] = {"forward": _plain_forward, **fns}
+    times: dict[str, Any] = {k: [] for k in every}
+    for name, fn in every.items():
         try:
             fn(model, x)
         except Exception as exc:  # noqa: BLE001
             times[name] = exc
-    for _ in range(repeat):
-        with torch.no_grad():
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            times["forward"].append(time.perf_counter() - start)
-        for name, fn in fns.items():
+    names = list(every)
+    for round_ in range(repeat):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             if isinstance(times[name], Exception):
                 continue
             sync()
             start = time.perf_counter()
-            fn(model, x)
+            every[name](model, x)
             sync()
             times[name].append(time.perf_counter() - start)
     return {k: v if isinstance(v, Exception) else min(v) for k, v in times.items()}
@@ -390,7 +392,8 @@ def _environment(device: str, args: argparse.Namespace) -> list[str]:
             f"Machine: {machine}; measured peak {peak_gflops:,.0f} GFLOP/s, {peak_gbytes:,.1f} GB/s. "
             f"Peers: {', '.join(versions)}.",
             f"Command: `{' '.join(['python', *sys.argv])}`. Times are the fastest of {args.repeat} interleaved "
-            f"rounds (a plain forward, then every tool once) on {device}, published input size.", ""]
+            f"rounds (a plain forward and every tool once, each round starting one place further along the list) "
+            f"on {device}, published input size.", ""]
 
 
 def _meta_targets() -> list[str]:

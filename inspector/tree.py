@@ -8,8 +8,9 @@ same order and with the same de-duplication rules as torch's own iterators.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from functools import cached_property
-from itertools import chain, compress
+from itertools import chain, compress, repeat
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ NamedParam = tuple[str, torch.Tensor, bool]  # qualified name, tensor, trainable
 _PARAMETERS = operator.attrgetter("_parameters")
 _BUFFERS = operator.attrgetter("_buffers")
 _DEVICE = operator.attrgetter("device")
+_CPU_META = operator.attrgetter("is_cpu", "is_meta")
+_ELSEWHERE = (False, False).__eq__
 _DTYPE = operator.attrgetter("dtype")
 _VALUES = operator.methodcaller("values")
 _PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")  # dicts, and TorchScript's dict wrappers
@@ -34,6 +37,13 @@ def packed_weights(module: nn.Module) -> list[torch.Tensor]:
     if callable(bias) and bias() is not None:
         tensors.append(bias())
     return tensors
+
+
+def _unique(dicts: Iterable[dict]) -> list[torch.Tensor]:
+    """The tensors of ``dicts`` (not None), each once, in order: C-level loops only."""
+    values = list(chain.from_iterable(map(_VALUES, dicts)))
+    tensors = list(compress(values, map(operator.is_not, values, repeat(None))))
+    return list(dict(zip(map(id, tensors), tensors)).values())
 
 
 def _join(prefix: str, name: str) -> str:
@@ -88,14 +98,11 @@ class ModelTree:
     def param_tensors(self) -> list[torch.Tensor]:
         """Unique parameters (tied tensors once), then packed quantized weights; no names (C-level
         loops: the totals of a report need no more)."""
-        dicts = map(_PARAMETERS, self.module_list)
-        unique = {id(p): p for p in chain.from_iterable(map(_VALUES, dicts)) if p is not None}
-        return [*unique.values(), *(t for _, t, _ in self.packed)]
+        return [*_unique(map(_PARAMETERS, self.module_list)), *(t for _, t, _ in self.packed)]
 
     @cached_property
     def buffer_tensors(self) -> list[torch.Tensor]:
-        dicts = map(_BUFFERS, self.module_list)
-        return list({id(b): b for b in chain.from_iterable(map(_VALUES, dicts)) if b is not None}.values())
+        return _unique(map(_BUFFERS, self.module_list))
 
     @cached_property
     def first_names(self) -> dict[int, str]:
@@ -201,8 +208,16 @@ class ModelTree:
 
     @cached_property
     def devices(self) -> frozenset[torch.device]:
-        """Every device the model's parameters and buffers are on."""
-        return frozenset(map(_DEVICE, chain(self.param_tensors, self.buffer_tensors)))
+        """Every device the model's parameters and buffers are on (two flags read per tensor: a
+        device object is made only for tensors on neither the CPU nor meta)."""
+        tensors = [*self.param_tensors, *self.buffer_tensors]
+        flags = set(map(_CPU_META, tensors))
+        found = {torch.device("cpu")} if (True, False) in flags else set()
+        if (False, True) in flags:
+            found.add(torch.device("meta"))
+        if (False, False) in flags:
+            found.update(map(_DEVICE, compress(tensors, map(_ELSEWHERE, map(_CPU_META, tensors)))))
+        return frozenset(found)
 
     @cached_property
     def float_dtypes(self) -> frozenset[torch.dtype]:
