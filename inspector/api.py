@@ -6,9 +6,9 @@ The data flows one way: options -> inputs -> collect (hooks + dispatch mode) -> 
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import inspect as pyinspect
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from itertools import chain, compress, filterfalse, repeat
+from itertools import chain, compress, filterfalse
 from typing import Any, Literal
 
 import torch
