@@ -202,7 +202,9 @@ class _Tensors:
 
     def owned(self) -> dict[int, Any]:
         """Data pointer -> storage, for every model storage that holds data (copy-on-write)."""
-        return {s.data_ptr(): s for s, n, p in zip(self.storages, self.nbytes, self.ptrs) if n and p}
+        owned = dict(zip(map(torch.UntypedStorage.data_ptr, self.storages), self.storages))
+        owned.pop(0, None)  # empty storages hold nothing to save
+        return owned
 
     def _unchanged(self) -> bool:
         ts = self.tensors
