@@ -65,8 +65,10 @@ def _thop(model, x):
 def _ptflops(model, x):
     from ptflops import get_model_complexity_info
 
+    # the same input as every other tool: ptflops' own is torch.new_empty, uninitialised memory whose
+    # contents (denormals or not, left by whatever ran before) moved its time by up to 30% on resnet50
     return get_model_complexity_info(model, tuple(x.shape[1:]), as_strings=False, print_per_layer_stat=False,
-                                     verbose=False)[0]
+                                     verbose=False, input_constructor=lambda _: x)[0]
 
 
 def _torchinfo(model, x):
