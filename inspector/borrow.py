@@ -169,13 +169,11 @@ class _Tensors:
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         if not _all_plain_strided(tensors):  # sparse, nested, lazy: no storage to keep
             tensors = [t for t in tensors if _plain_strided(t)]
+        ts = tensors
         try:  # version, flags and shape in one C-level read per tensor
-            state: list[tuple] | None = list(map(_STATE, tensors))
-            ts, self.counted = tensors, len(tensors)
-        except RuntimeError:  # an inference tensor keeps no version counter: those go last, checked one by one
+            state: list[tuple] | None = list(map(_STATE, ts))
+        except RuntimeError:  # an inference tensor keeps no version counter: every tensor checked one by one
             state = None
-            ts = sorted(tensors, key=torch.Tensor.is_inference)
-            self.counted = len(ts) - sum(map(torch.Tensor.is_inference, ts))
         self.tensors = ts
         self.state = state
         self.storages = list(map(torch.Tensor.untyped_storage, ts))
