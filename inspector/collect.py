@@ -166,7 +166,10 @@ def _op_shapes(value: Any) -> Any:
 
 
 _PLAIN = frozenset({torch.Tensor, nn.Parameter})
-_SEQUENCES = frozenset({list, tuple})
+#: Argument types passed to formulas as they are; anything else (tensor subclasses, sequences) goes
+#: through ``_op_shapes``.
+_SCALARS = frozenset({int, float, bool, type(None), str, torch.dtype, torch.device, torch.layout,
+                      torch.memory_format})
 
 
 def _out_shapes(out: Any) -> Any:
@@ -427,8 +430,8 @@ class OpCounter(TorchDispatchMode):
                 self.live.add(t)
 
     def _count(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> tuple[int, int]:
-        try:  # the common arguments (tensors, scalars) without a call each; sequences and nested tensors apart
-            shapes = [a.shape if type(a) in _PLAIN else _op_shapes(a) if type(a) in _SEQUENCES else a for a in args]
+        try:  # the common arguments (plain tensors, scalars) without a call each; the rest through _op_shapes
+            shapes = [a.shape if type(a) in _PLAIN else a if type(a) in _SCALARS else _op_shapes(a) for a in args]
         except RuntimeError:  # a nested tensor has no single shape
             shapes = [_op_shapes(a) for a in args]
         kw = {k: _op_shapes(v) for k, v in kwargs.items()} if kwargs else {}

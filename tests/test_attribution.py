@@ -272,3 +272,21 @@ def test_torchscript_submodule_parameters_are_counted():
 def test_fast_meta_convolution_still_refuses_a_channel_mismatch():
     with pytest.raises(LayerError, match="channel|expected"):
         inspect(nn.Conv2d(3, 8, 3), torch.randn(1, 4, 8, 8), device="meta")
+
+
+class _SubclassParameter(nn.Parameter):
+    pass
+
+
+def test_a_parameter_subclass_reaching_a_matmul_is_counted_by_its_shape():
+    """The op sees the subclass instance itself (no view in between): its shape is what the formula gets."""
+    class MatmulsSubclass(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = _SubclassParameter(torch.randn(4, 5))
+
+        def forward(self, x):
+            return torch.mm(x, self.w)
+
+    report = inspect(MatmulsSubclass(), torch.randn(3, 4))
+    assert report.total_macs == 3 * 4 * 5 and not report.formula_errors and report.complete
