@@ -15,7 +15,8 @@ the model runs as it is. Either way one mechanism gives everything back:
 - *What bypasses dispatch*: each module's attribute dicts (parameters, buffers, submodules, hooks,
   plain attributes) are put back entry by entry, so replaced Parameters, tensors left on meta by
   pruning or weight_norm, and modules or buffers created in forward all go.
-- *Flags*: training flags through each module's own ``train()`` (overrides run), then the dicts.
+- *Flags*: training flags through ``train()`` where a module overrides it (or ``__setattr__``), so
+  overrides run as ``model.train()`` would run them; set directly elsewhere; then the dicts.
 - *Process state*: the global module hooks and ``torch.nn.utils.parametrize``'s cache.
 
 Inspection is serialised process-wide (``LOCK``): two threads inspecting get one after the other.
@@ -95,6 +96,30 @@ _REQUIRES_GRAD, _LEAF, _META, _SIZE = map(operator.itemgetter, range(1, 5))
 _is_meta = operator.attrgetter("is_meta")
 
 
+_MODULE_TRAIN = nn.Module.train
+_MODULE_SETATTR = nn.Module.__setattr__
+
+
+def _own_train(module: nn.Module) -> bool:
+    """Whether setting ``module.training`` is more than the flag: its class overrides train() or
+    __setattr__ (a ScriptModule, a user's module keeping state in step with the mode)."""
+    cls = type(module)
+    return cls.train is not _MODULE_TRAIN or cls.__setattr__ is not _MODULE_SETATTR
+
+
+def _set_training(module: nn.Module, mode: bool) -> None:
+    """``module.train(mode)``, calling every override where train() would, in the same order; on
+    modules whose class keeps nn.Module's train() and __setattr__ the flag is set directly (what
+    those would do, at a fraction of the cost: Module.__setattr__ type-checks every value)."""
+    if _own_train(module):
+        module.train(mode)
+        return
+    object.__setattr__(module, "training", mode)
+    for child in dict.fromkeys(module._modules.values()):  # children(): each once, None skipped
+        if child is not None:
+            _set_training(child, mode)
+
+
 def _plain_strided(t: torch.Tensor) -> bool:
     return t.layout == torch.strided and not t.is_nested and not isinstance(t, nn.parameter.UninitializedTensorMixin)
 
@@ -119,6 +144,12 @@ def _tensor_types(types: set[type]) -> frozenset[type]:
     return frozenset(t for t in types if issubclass(t, torch.Tensor))
 
 
+def _tensors_among(values: list[Any]) -> list[torch.Tensor]:
+    types = list(map(type, values))
+    kinds = _tensor_types(set(types))
+    return list(compress(values, map(kinds.__contains__, types))) if kinds else []
+
+
 class _Dicts:
     """Every entry of every module's attribute dicts (its __dict__, parameters, buffers, submodules
     and hook dicts), kept as flat lists, and the dicts that were empty: checking that nothing changed
@@ -137,15 +168,19 @@ class _Dicts:
         self.sizes = list(map(len, self.dicts))
         self.keys = list(chain.from_iterable(self.dicts))
         self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
+        self._owned_values = sum(map(len, owners))  # the __dict__s' values come first
 
     def tensors(self) -> list[torch.Tensor]:
         """Parameters, buffers and plain tensor attributes (subclasses included), as the dicts hold them.
         Filtered by type, each distinct type checked once (``isinstance`` against torch.Tensor's
-        metaclass costs four times a set lookup, for every one of thousands of values)."""
-        values = self.values
-        types = list(map(type, values))
-        kinds = _tensor_types(set(types))
-        return list(compress(values, map(kinds.__contains__, types)))
+        metaclass costs four times a set lookup, for every one of thousands of values). The modules'
+        own __dict__s hold most values and rarely a tensor: their types are gathered first, and their
+        values filtered only when one is a tensor's."""
+        values, n = self.values, self._owned_values
+        owned, inner = values[:n], values[n:]
+        if _tensor_types(set(map(type, owned))):
+            return _tensors_among(owned) + _tensors_among(inner)
+        return _tensors_among(inner)
 
     def restore(self) -> None:
         dicts = self.dicts
@@ -300,7 +335,7 @@ class Borrow:
         if self.mode != "as_is":
             wanted = self.mode == "train"
             if any(flag != wanted for flag in self.flags):
-                self.tree.model.train(wanted)  # train() itself: some modules override it
+                _set_training(self.tree.model, wanted)
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         try:
@@ -327,10 +362,14 @@ class Borrow:
         if list(map(_TRAINING, self.flag_modules)) != self.flags:
             for module, flag in zip(self.flag_modules, self.flags):  # pre-order: a parent's train() first
                 if module.training != flag:
+                    if not _own_train(module):
+                        object.__setattr__(module, "training", flag)  # its children follow in the loop
+                        continue
                     try:
                         module.train(flag)
                     finally:
-                        module.training = flag  # the flag itself, even when an override raised
+                        if module.training != flag:  # the flag itself, even when an override raised
+                            module.training = flag
 
     def _restore_storages(self) -> None:
         with torch.no_grad():

@@ -64,6 +64,22 @@ class Creates(nn.Module):
         return self.extra(self.fc(x))
 
 
+class TensorAttribute(nn.Module):
+    """Keeps plain tensors as attributes (neither parameter nor buffer) and writes them: one in
+    place, one re-pointed through .data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.scale = torch.ones(4)
+        self.shift = torch.zeros(4)
+
+    def forward(self, x):
+        self.scale.mul_(2)
+        self.shift.data = torch.full_like(self.shift, 3.0)
+        return self.fc(x) * self.scale + self.shift
+
+
 class ExpandedBuffer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -136,6 +152,7 @@ CASES = {
     ".data assigned": (AssignData, (2, 4)),
     "parameter replaced": (ReplaceParameter, (2, 4)),
     "modules, buffers, attributes and hooks created": (Creates, (2, 4)),
+    "plain tensor attributes written": (TensorAttribute, (2, 4)),
     "expanded (stride 0) buffer": (ExpandedBuffer, (3, 4)),
     "inference-tensor buffer": (InferenceBuffer, (2, 4)),
     "train() override with state": (lambda: TrainOverride().train(), (2, 4)),
@@ -157,8 +174,9 @@ def _input(shape):
     return torch.tensor([[1, 2, 3]]) if shape is None else torch.randn(shape)
 
 
-#: Combinations the model itself cannot run: fake quantization has float32 kernels only.
-CANNOT_RUN = {("QAT observers resize buffers", "float64")}
+#: Combinations the model itself cannot run: fake quantization has float32 kernels only; plain tensor
+#: attributes stay on the CPU (as model.to() would leave them), so the forward cannot run on meta.
+CANNOT_RUN = {("QAT observers resize buffers", "float64"), ("plain tensor attributes written", "meta")}
 
 
 @pytest.mark.parametrize("case,run", [(c, r) for c in CASES for r in RUNS if (c, r) not in CANNOT_RUN])
@@ -179,6 +197,40 @@ def test_training_flags_are_restored_through_train():
     model.eval()
     inspect(model, torch.randn(2, 4), mode="train")
     assert MODE_SEEN[id(model)] is False and not model.training and model.cache is not None
+
+
+class SeesItsFlag(nn.Module):
+    """Keeps a log of every ``training`` assignment through its own __setattr__."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[bool] = []
+        self.fc = nn.Linear(4, 4)
+
+    def __setattr__(self, name, value):
+        if name == "training" and "log" in self.__dict__:
+            self.log.append(value)
+        super().__setattr__(name, value)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_overrides_deep_in_plain_containers_run_when_the_mode_switches_and_back():
+    """Plain modules get their flag set directly; a train() or __setattr__ override anywhere below
+    them still runs, as model.train() would run it."""
+    inner, seer = TrainOverride().train(), SeesItsFlag().train()
+    model = nn.Sequential(nn.Sequential(nn.ReLU(), inner), seer).train()
+    seer.log.clear()
+    inspect(model, torch.randn(2, 4))
+    assert MODE_SEEN[id(inner)] is True and inner.cache is None  # eval() then train() again
+    assert seer.log == [False, True]
+    assert all(m.training for m in model.modules())
+    model.eval()
+    seer.log.clear()
+    inspect(model, torch.randn(2, 4), mode="train")
+    assert MODE_SEEN[id(inner)] is False and inner.cache is not None and seer.log == [True, False]
+    assert not any(m.training for m in model.modules())
 
 
 def test_state_restored_when_forward_raises_after_writing():
