@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import platform
 import pstats
 import subprocess
@@ -166,6 +167,13 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
             sync()
             times[name].append(time.perf_counter() - start)
     return {k: v if isinstance(v, Exception) else min(v) for k, v in times.items()}
+
+
+def _batch_rounds(batch1: dict[str, Any], repeat: int) -> int:
+    """Rounds at batch 32: about 6 s of each column (a small model's forward varies by some 10% with
+    the allocator's page faults, and more rounds find its floor), at least 5, at most ``repeat``."""
+    estimate = 32 * batch1["forward"]
+    return max(5, min(repeat, math.ceil(6 / estimate)))
 
 
 def _first_call(name: str, device: str, sync: Callable[[], None]) -> tuple[float, float]:
@@ -329,10 +337,11 @@ def main() -> None:
         print(name, ratio_rows[-1][1:], own_rows[-1][1:], devs[1:], flush=True)
         if not args.quick:
             (big,) = zoo.example_inputs(name, device, batch=32)
-            batch_times = _interleaved(model, big, {"inspector": _ours, "floor": _floor}, max(3, args.repeat // 3), sync)
+            rounds = _batch_rounds(times, args.repeat)
+            batch_times = _interleaved(model, big, {"inspector": _ours, "floor": _floor}, rounds, sync)
             b_ratio = batch_times["inspector"] / batch_times["forward"]
             batch_rows.append([name, f"{batch_times['forward'] * 1e3:.0f}", f"{b_ratio:.3f}",
-                               f"{batch_times['floor'] / batch_times['forward']:.3f}"])
+                               f"{batch_times['floor'] / batch_times['forward']:.3f}", rounds])
             verdicts["batch"].append(f"{name}: {b_ratio:.3f}× — {_mark(b_ratio <= 1.05)}")
             print("  batch 32", batch_rows[-1][1:], flush=True)
         del model
@@ -355,7 +364,7 @@ def main() -> None:
                  "## MACs deviation from torchvision's published `_ops`", "",
                  tabulate(dev_rows, ["model", "published GMACs", "inspector", *peers], "github"), ""]
     if batch_rows:
-        sections += ["## Batch 32", "", tabulate(batch_rows, ["model", "forward ms", "inspector", "floor"], "github"),
+        sections += ["## Batch 32", "", tabulate(batch_rows, ["model", "forward ms", "inspector", "floor", "rounds"], "github"),
                      ""]
     if meta_rows:
         sections += ["## Counting on meta against counting on the CPU (batch 1)", "",
