@@ -96,28 +96,49 @@ _REQUIRES_GRAD, _LEAF, _META, _SIZE = map(operator.itemgetter, range(1, 5))
 _is_meta = operator.attrgetter("is_meta")
 
 
-_MODULE_TRAIN = nn.Module.train
-_MODULE_SETATTR = nn.Module.__setattr__
+#: What nn.Module.train() runs besides setting the flag; torch's own (unpatched) versions of all of
+#: them make train() exactly "set the flag here, then in each child".
+_TRAIN_PARTS = {"train": "Module.train", "__setattr__": "Module.__setattr__", "children": "Module.children",
+                "named_children": "Module.named_children"}
 
 
-def _own_train(module: nn.Module) -> bool:
-    """Whether setting ``module.training`` is more than the flag: its class overrides train() or
-    __setattr__ (a ScriptModule, a user's module keeping state in step with the mode)."""
+def _torchs_own(cls: type) -> bool:
+    """Whether ``cls`` runs torch's own, unpatched train(), __setattr__, children() and
+    named_children() (checked by where each function was defined, so a process-wide patch of
+    nn.Module.train counts as an override whenever it was made)."""
+    for name, qualname in _TRAIN_PARTS.items():
+        fn = getattr(cls, name, None)
+        if getattr(fn, "__module__", None) != nn.Module.__module__ or getattr(fn, "__qualname__", None) != qualname \
+                or hasattr(fn, "__wrapped__"):
+            return False
+    return True
+
+
+def _own_train(module: nn.Module, classes: dict[type, bool]) -> bool:
+    """Whether setting ``module.training`` is more than the flag: its class or the instance itself
+    overrides train() (a frozen encoder's ``self.vae.train = disabled_train``), __setattr__ or the
+    children train() walks; ``classes`` caches the per-class answer for one switch."""
     cls = type(module)
-    return cls.train is not _MODULE_TRAIN or cls.__setattr__ is not _MODULE_SETATTR
+    plain = classes.get(cls)
+    if plain is None:
+        plain = classes[cls] = _torchs_own(cls)
+    if not plain:
+        return True
+    own = module.__dict__
+    return "train" in own or "children" in own or "named_children" in own
 
 
-def _set_training(module: nn.Module, mode: bool) -> None:
+def _set_training(module: nn.Module, mode: bool, classes: dict[type, bool]) -> None:
     """``module.train(mode)``, calling every override where train() would, in the same order; on
-    modules whose class keeps nn.Module's train() and __setattr__ the flag is set directly (what
-    those would do, at a fraction of the cost: Module.__setattr__ type-checks every value)."""
-    if _own_train(module):
+    modules that keep torch's own train() (see ``_own_train``) the flag is set directly (what it
+    would do, at a fraction of the cost: Module.__setattr__ type-checks every value)."""
+    if _own_train(module, classes):
         module.train(mode)
         return
     object.__setattr__(module, "training", mode)
     for child in dict.fromkeys(module._modules.values()):  # children(): each once, None skipped
         if child is not None:
-            _set_training(child, mode)
+            _set_training(child, mode, classes)
 
 
 def _plain_strided(t: torch.Tensor) -> bool:
@@ -335,7 +356,7 @@ class Borrow:
         if self.mode != "as_is":
             wanted = self.mode == "train"
             if any(flag != wanted for flag in self.flags):
-                _set_training(self.tree.model, wanted)
+                _set_training(self.tree.model, wanted, {})
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         try:
@@ -359,17 +380,27 @@ class Borrow:
         return errors
 
     def _restore_flags(self) -> None:
-        if list(map(_TRAINING, self.flag_modules)) != self.flags:
-            for module, flag in zip(self.flag_modules, self.flags):  # pre-order: a parent's train() first
-                if module.training != flag:
-                    if not _own_train(module):
-                        object.__setattr__(module, "training", flag)  # its children follow in the loop
-                        continue
-                    try:
-                        module.train(flag)
-                    finally:
-                        if module.training != flag:  # the flag itself, even when an override raised
-                            module.training = flag
+        """Each module whose flag differs gets ``train(flag)`` as the user would call it (overrides
+        below it run), in pre-order; a flag an override left different, or could not set because it
+        raised, is set itself, and every module is still visited (the first error is raised after)."""
+        if list(map(_TRAINING, self.flag_modules)) == self.flags:
+            return
+        classes: dict[type, bool] = {}
+        error: Exception | None = None
+        for module, flag in zip(self.flag_modules, self.flags):
+            if module.training == flag:
+                continue
+            try:
+                _set_training(module, flag, classes)
+            except Exception as exc:  # noqa: BLE001 - the other flags still go back
+                error = error or exc
+            if module.training != flag:
+                try:
+                    module.training = flag
+                except Exception as exc:  # noqa: BLE001
+                    error = error or exc
+        if error is not None:
+            raise error
 
     def _restore_storages(self) -> None:
         with torch.no_grad():

@@ -233,6 +233,75 @@ def test_overrides_deep_in_plain_containers_run_when_the_mode_switches_and_back(
     assert not any(m.training for m in model.modules())
 
 
+def _disabled_train(self, mode=True):
+    """Latent diffusion's way to freeze a submodule: train() on the instance does nothing (stored on
+    the instance, it is called unbound: ``self`` receives the mode)."""
+    FLAG_CALLS.append(("disabled_train",))
+    return self
+
+
+FLAG_CALLS: list = []
+
+
+class FrozenEncoder(nn.Module):
+    """Its encoder's train() is replaced on the instance: the encoder stays in eval whatever mode the
+    model is switched to, as model.train() would leave it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vae = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).eval()
+        self.vae.train = _disabled_train  # type: ignore[method-assign]
+        self.student = nn.Linear(4, 4)
+
+    def forward(self, x):
+        FLAG_CALLS.append(("seen", self.vae.training, self.vae[1].training, self.student.training))
+        return self.student(self.vae(x))
+
+
+class HiddenTeacher(FrozenEncoder):
+    """Keeps its teacher out of named_children(), so that model.train() leaves it in eval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.vae
+        self.vae = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).eval()
+
+    def named_children(self):
+        return ((n, m) for n, m in super().named_children() if n != "vae")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("kind", [FrozenEncoder, HiddenTeacher])
+def test_a_train_replaced_on_the_instance_or_children_hidden_keep_their_say(kind, mode):
+    model = nn.Sequential(kind()).train()
+    FLAG_CALLS.clear()
+    before = snapshot(model)
+    inspect(model, torch.randn(2, 4), mode=mode)
+    assert [c for c in FLAG_CALLS if c[0] == "seen"] == [("seen", False, False, mode == "train")]
+    if kind is FrozenEncoder:  # called where model.train() calls it: on switching, and back from eval
+        assert FLAG_CALLS.count(("disabled_train",)) == (1 if mode == "train" else 2)
+    assert_untouched(model, before)
+
+
+def test_a_process_wide_patch_of_module_train_still_runs(monkeypatch):
+    """Libraries patch nn.Module.train (before or after inspector is imported): the patch is an
+    override like any other, called where model.train() would call it."""
+    calls = []
+    original = nn.Module.train
+
+    def patched(self, mode=True):
+        calls.append((type(self).__name__, mode))
+        return original(self, mode)
+
+    monkeypatch.setattr(nn.Module, "train", patched)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    nn.Module.train(model, True)
+    calls.clear()
+    inspect(model, torch.randn(2, 4))
+    assert calls[:3] == [("Sequential", False), ("Linear", False), ("ReLU", False)]
+    assert calls[3:] == [("Sequential", True), ("Linear", True), ("ReLU", True)]
+
+
 def test_state_restored_when_forward_raises_after_writing():
     class WritesThenRaises(nn.Module):
         def __init__(self) -> None:
@@ -497,3 +566,16 @@ def test_a_train_override_that_raises_still_gets_everything_back(refuse):
             inspect(model, torch.randn(2))
         assert parametrize._cache_enabled == 1
     assert_untouched(model, before)
+
+
+def test_overrides_after_one_that_raises_still_hear_the_mode_they_go_back_to():
+    """Giving the flags back goes on past a train() that raises: a later override still runs."""
+    refuses, follows = TrainRaises(refuse=True), TrainOverride()
+    model = nn.Sequential(refuses, nn.Linear(2, 4), follows)
+    for m in model.modules():
+        m.training = True
+    follows.train(True)
+    with pytest.raises(LayerError, match="no, not that mode"):
+        inspect(model, torch.randn(3, 2))
+    assert MODE_SEEN[id(follows)] is True and follows.cache is None
+    assert all(m.training for m in model.modules())
