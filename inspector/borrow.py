@@ -15,8 +15,9 @@ the model runs as it is. Either way one mechanism gives everything back:
 - *What bypasses dispatch*: each module's attribute dicts (parameters, buffers, submodules, hooks,
   plain attributes) are put back entry by entry, so replaced Parameters, tensors left on meta by
   pruning or weight_norm, and modules or buffers created in forward all go.
-- *Flags*: training flags through ``train()`` where a module overrides it (or ``__setattr__``), so
-  overrides run as ``model.train()`` would run them; set directly elsewhere; then the dicts.
+- *Flags*: training flags through ``train()`` wherever a class, an instance or a patch overrides
+  it, ``__setattr__`` or the children it walks, so overrides run as ``model.train()`` would run
+  them; set directly elsewhere; then the dicts.
 - *Process state*: the global module hooks and ``torch.nn.utils.parametrize``'s cache.
 
 Inspection is serialised process-wide (``LOCK``): two threads inspecting get one after the other.
