@@ -14,6 +14,7 @@ device peak. Peers that are not installed are skipped. Timing claims live here, 
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import io
 import math
@@ -85,6 +86,25 @@ def _fvcore(model, x):
     a.unsupported_ops_warnings(False)
     a.uncalled_modules_warnings(False)
     return a.total()
+
+
+#: Peers that leave state in the model they count: thop registers ``total_ops``/``total_params``
+#: buffers (CPU tensors) in every module and never removes them. Such a peer counts its own copy of
+#: the model (made before timing), so that no other column runs on a model it changed, and a CUDA
+#: model is not left on two devices.
+LITTERS = frozenset({"thop"})
+
+
+def _tools_for(model, peers: list[str]) -> dict[str, Callable]:
+    """Each peer's counting function for ``model``; the ones in LITTERS bound to a copy of it."""
+    tools = {}
+    for name in peers:
+        if name in LITTERS:
+            own = copy.deepcopy(model)
+            tools[name] = lambda _model, x, fn=TOOLS[name], own=own: fn(own, x)
+        else:
+            tools[name] = TOOLS[name]
+    return tools
 
 
 TOOLS: dict[str, Callable] = {"inspector": _ours, "FlopCounterMode": _flop_counter, "ptflops": _ptflops,
@@ -167,6 +187,14 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
             sync()
             times[name].append(time.perf_counter() - start)
     return {k: v if isinstance(v, Exception) else min(v) for k, v in times.items()}
+
+
+def _layer_timing(name: str, model, x, repeat: int) -> list[Any]:
+    """inspect()'s per-layer times on ``x``'s device against the plain synchronised forward it times
+    beside them: the sum of the layers' self-times, and the distortion the timing hooks add."""
+    t = inspect(model, x, timing=True, repeat=repeat, warmup=3, peak=None).timing
+    return [name, f"{t.forward_ms:.3f}", f"{t.hooked_forward_ms:.3f}", f"{t.layer_sum_ms:.3f}",
+            f"{100 * (t.layer_sum_ms / t.forward_ms - 1):+.1f}%", f"{100 * t.distortion:+.1f}%"]
 
 
 def _batch_rounds(batch1: dict[str, Any], repeat: int) -> int:
@@ -311,13 +339,14 @@ def main() -> None:
     sync = _sync_for(device)
     out = args.out or str(Path(__file__).with_name("RESULTS.md" if device == "cpu" else "RESULTS-cuda.md"))
     peers = [t for t in PEERS if _available(t)]
-    ratio_rows, dev_rows, own_rows, batch_rows, meta_rows = [], [], [], [], []
-    verdicts: dict[str, list[str]] = {"peer": [], "own": [], "batch": [], "meta": []}
+    ratio_rows, dev_rows, own_rows, batch_rows, meta_rows, timing_rows = [], [], [], [], [], []
+    verdicts: dict[str, list[str]] = {"peer": [], "own": [], "batch": [], "meta": [], "timing": []}
     for name in args.models:
         model = zoo.torchvision_model(name, device=device)
         (x,) = zoo.example_inputs(name, device)
         published = zoo.entry(name).gmacs
-        fns = {"inspector": _ours, **{t: TOOLS[t] for t in peers}, "floor": _floor}
+        peer_tools = _tools_for(model, peers)
+        fns = {"inspector": _ours, **peer_tools, "floor": _floor}
         times = _interleaved(model, x, fns, args.repeat, sync)
         forward = times["forward"]
 
@@ -339,13 +368,17 @@ def main() -> None:
                          f"{own:+.3f}"])
         verdicts["own"].append(f"{name}: {own:+.3f}× of a forward — {_mark(own <= 0.05)}")
         devs = [name, f"{published:.3f}"]
-        for tool in ["inspector", *peers]:
+        for fn in [_ours, *peer_tools.values()]:
             try:
-                devs.append(f"{100 * (TOOLS[tool](model, x) / 1e9 / published - 1):+.1f}%")
+                devs.append(f"{100 * (fn(model, x) / 1e9 / published - 1):+.1f}%")
             except Exception as exc:  # noqa: BLE001 - a peer failing on a model is a result
                 devs.append(type(exc).__name__)
         dev_rows.append(devs)
         print(name, ratio_rows[-1][1:], own_rows[-1][1:], devs[1:], flush=True)
+        if device.startswith("cuda"):
+            timing_rows.append(_layer_timing(name, model, x, args.repeat))
+            verdicts["timing"].append(f"{name}: {timing_rows[-1][4]} — {_mark(abs(float(timing_rows[-1][4][:-1])) <= 5)}")
+            print("  timing", timing_rows[-1][1:], flush=True)
         if not args.quick:
             (big,) = zoo.example_inputs(name, device, batch=32)
             rounds = _batch_rounds(times, args.repeat)
@@ -367,7 +400,8 @@ def main() -> None:
     sections += ["## Time of one counting call / one plain `no_grad` forward (batch 1)", "",
                  "First call: inspect() as the first pass of a fresh process on a model built just before, over a "
                  "plain forward as the first pass of another (each the fastest of 3 processes): torch's own "
-                 "first-pass cost is in both. Floor: no-op hooks on every module plus a forwarding dispatch mode.", "",
+                 "first-pass cost is in both. Floor: no-op hooks on every module plus a forwarding dispatch mode. "
+                 "thop counts its own copy of the model: it leaves a buffer in every module it counts.", "",
                  tabulate(ratio_rows, ["model", "forward ms", "inspector", *peers, "floor", "inspector first call"],
                           "github"), "",
                  "## inspector's own cost above the floor", "",
@@ -375,6 +409,13 @@ def main() -> None:
                           "github"), "",
                  "## MACs deviation from torchvision's published `_ops`", "",
                  tabulate(dev_rows, ["model", "published GMACs", "inspector", *peers], "github"), ""]
+    if timing_rows:
+        sections += ["## Per-layer times against the synchronised forward (batch 1)", "",
+                     "inspect(timing=True): medians of the timed passes (CUDA events at every module hook, one "
+                     "synchronise per pass) and of plain synchronised forwards beside them. Layer sum: every call's "
+                     "self-time added up. Distortion: hooked forward / plain forward − 1.", "",
+                     tabulate(timing_rows, ["model", "plain forward ms", "hooked forward ms", "layer sum ms",
+                                            "layer sum / forward − 1", "distortion"], "github"), ""]
     if batch_rows:
         sections += ["## Batch 32", "", tabulate(batch_rows, ["model", "forward ms", "inspector", "floor", "rounds"], "github"),
                      ""]
@@ -386,6 +427,9 @@ def main() -> None:
     sections += ["## Targets (issue #15)", "",
                  "- inspector ≤ the lowest peer, batch 1:", *(f"  - {v}" for v in verdicts["peer"]),
                  "- own cost above the floor ≤ 0.05× of a forward:", *(f"  - {v}" for v in verdicts["own"])]
+    if verdicts["timing"]:
+        sections += ["- per-layer times sum to within 5% of the synchronised forward:",
+                     *(f"  - {v}" for v in verdicts["timing"])]
     if verdicts["batch"]:
         sections += ["- batch 32 ≤ 1.05× a forward:", *(f"  - {v}" for v in verdicts["batch"])]
     if verdicts["meta"]:
