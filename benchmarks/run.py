@@ -189,11 +189,11 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
     return {k: v if isinstance(v, Exception) else min(v) for k, v in times.items()}
 
 
-def _layer_timing(name: str, model, x, repeat: int) -> list[Any]:
+def _layer_timing(name: str, model, x, repeat: int, batch: int) -> list[Any]:
     """inspect()'s per-layer times on ``x``'s device against the plain synchronised forward it times
     beside them: the sum of the layers' self-times, and the distortion the timing hooks add."""
     t = inspect(model, x, timing=True, repeat=repeat, warmup=3, peak=None).timing
-    return [name, f"{t.forward_ms:.3f}", f"{t.hooked_forward_ms:.3f}", f"{t.layer_sum_ms:.3f}",
+    return [name, batch, f"{t.forward_ms:.3f}", f"{t.hooked_forward_ms:.3f}", f"{t.layer_sum_ms:.3f}",
             f"{100 * (t.layer_sum_ms / t.forward_ms - 1):+.1f}%", f"{100 * t.distortion:+.1f}%"]
 
 
@@ -334,6 +334,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models, inputs and timing run")
     p.add_argument("--out", default=None, help="default: RESULTS.md on CPU, RESULTS-cuda.md on CUDA")
     p.add_argument("--quick", action="store_true", help="skip batch 32, the probes and the all-models runs")
+    p.add_argument("--first-pairs", type=int, default=3, help="fresh-process pairs behind the first-call column")
     args = p.parse_args()
     device = args.device
     sync = _sync_for(device)
@@ -353,7 +354,7 @@ def main() -> None:
         def ratio(key: str) -> float | None:
             return None if isinstance(times[key], Exception) else times[key] / forward
 
-        first, first_forward = _first_call(name, device)
+        first, first_forward = _first_call(name, device, args.first_pairs)
         ours = ratio("inspector")
         peer_ratios = {t: ratio(t) for t in peers}
         best_peer = min((v for v in peer_ratios.values() if v is not None), default=None)
@@ -376,8 +377,9 @@ def main() -> None:
         dev_rows.append(devs)
         print(name, ratio_rows[-1][1:], own_rows[-1][1:], devs[1:], flush=True)
         if device.startswith("cuda"):
-            timing_rows.append(_layer_timing(name, model, x, args.repeat))
-            verdicts["timing"].append(f"{name}: {timing_rows[-1][4]} — {_mark(abs(float(timing_rows[-1][4][:-1])) <= 5)}")
+            timing_rows.append(_layer_timing(name, model, x, args.repeat, batch=1))
+            verdicts["timing"].append(f"{name} at batch 1: {timing_rows[-1][5]} — "
+                                      f"{_mark(abs(float(timing_rows[-1][5][:-1])) <= 5)}")
             print("  timing", timing_rows[-1][1:], flush=True)
         if not args.quick:
             (big,) = zoo.example_inputs(name, device, batch=32)
@@ -388,8 +390,13 @@ def main() -> None:
                                f"{batch_times['floor'] / batch_times['forward']:.3f}", rounds])
             verdicts["batch"].append(f"{name}: {b_ratio:.3f}× — {_mark(b_ratio <= 1.05)}")
             print("  batch 32", batch_rows[-1][1:], flush=True)
+            if device.startswith("cuda"):
+                timing_rows.append(_layer_timing(name, model, big, args.repeat, batch=32))
+                verdicts["timing"].append(f"{name} at batch 32: {timing_rows[-1][5]} — "
+                                          f"{_mark(abs(float(timing_rows[-1][5][:-1])) <= 5)}")
+                print("  timing", timing_rows[-1][1:], flush=True)
         del model
-    if not args.quick:
+    if not args.quick and device == "cpu":  # meta against the CPU: the same on any machine's CPU
         for name in [*args.models, "timm:sequencer2d_s"]:
             meta_s, cpu_s, same = _meta_against_cpu(name, max(3, args.repeat // 2))
             meta_rows.append([name, f"{cpu_s * 1e3:.1f}", f"{meta_s * 1e3:.1f}", f"{meta_s / cpu_s:.2f}",
@@ -414,7 +421,7 @@ def main() -> None:
                      "inspect(timing=True): medians of the timed passes (CUDA events at every module hook, one "
                      "synchronise per pass) and of plain synchronised forwards beside them. Layer sum: every call's "
                      "self-time added up. Distortion: hooked forward / plain forward − 1.", "",
-                     tabulate(timing_rows, ["model", "plain forward ms", "hooked forward ms", "layer sum ms",
+                     tabulate(timing_rows, ["model", "batch", "plain forward ms", "hooked forward ms", "layer sum ms",
                                             "layer sum / forward − 1", "distortion"], "github"), ""]
     if batch_rows:
         sections += ["## Batch 32", "", tabulate(batch_rows, ["model", "forward ms", "inspector", "floor", "rounds"], "github"),
