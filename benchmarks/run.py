@@ -406,7 +406,7 @@ def main() -> None:
     sections = _environment(device, args)
     sections += ["## Time of one counting call / one plain `no_grad` forward (batch 1)", "",
                  "First call: inspect() as the first pass of a fresh process on a model built just before, over a "
-                 "plain forward as the first pass of another (each the fastest of 3 processes): torch's own "
+                 f"plain forward as the first pass of another (each the fastest of {args.first_pairs} processes): torch's own "
                  "first-pass cost is in both. Floor: no-op hooks on every module plus a forwarding dispatch mode. "
                  "thop counts its own copy of the model: it leaves a buffer in every module it counts.", "",
                  tabulate(ratio_rows, ["model", "forward ms", "inspector", *peers, "floor", "inspector first call"],
@@ -417,7 +417,7 @@ def main() -> None:
                  "## MACs deviation from torchvision's published `_ops`", "",
                  tabulate(dev_rows, ["model", "published GMACs", "inspector", *peers], "github"), ""]
     if timing_rows:
-        sections += ["## Per-layer times against the synchronised forward (batch 1)", "",
+        sections += ["## Per-layer times against the synchronised forward", "",
                      "inspect(timing=True): medians of the timed passes (CUDA events at every module hook, one "
                      "synchronise per pass) and of plain synchronised forwards beside them. Layer sum: every call's "
                      "self-time added up. Distortion: hooked forward / plain forward − 1.", "",
