@@ -189,12 +189,16 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
     return {k: v if isinstance(v, Exception) else min(v) for k, v in times.items()}
 
 
-def _layer_timing(name: str, model, x, repeat: int, batch: int) -> list[Any]:
+def _layer_timing(name: str, model, x, repeat: int, batch: int, rows: list, verdicts: list[str]) -> None:
     """inspect()'s per-layer times on ``x``'s device against the plain synchronised forward it times
-    beside them: the sum of the layers' self-times, and the distortion the timing hooks add."""
+    beside them (the sum of the layers' self-times, and the distortion the timing hooks add): a row
+    and a verdict on the 5% target."""
     t = inspect(model, x, timing=True, repeat=repeat, warmup=3, peak=None).timing
-    return [name, batch, f"{t.forward_ms:.3f}", f"{t.hooked_forward_ms:.3f}", f"{t.layer_sum_ms:.3f}",
-            f"{100 * (t.layer_sum_ms / t.forward_ms - 1):+.1f}%", f"{100 * t.distortion:+.1f}%"]
+    off = 100 * (t.layer_sum_ms / t.forward_ms - 1)
+    rows.append([name, batch, f"{t.forward_ms:.3f}", f"{t.hooked_forward_ms:.3f}", f"{t.layer_sum_ms:.3f}",
+                 f"{off:+.1f}%", f"{100 * t.distortion:+.1f}%"])
+    verdicts.append(f"{name} at batch {batch}: {off:+.1f}% — {_mark(abs(off) <= 5)}")
+    print("  timing", rows[-1][1:], flush=True)
 
 
 def _batch_rounds(batch1: dict[str, Any], repeat: int) -> int:
@@ -377,10 +381,7 @@ def main() -> None:
         dev_rows.append(devs)
         print(name, ratio_rows[-1][1:], own_rows[-1][1:], devs[1:], flush=True)
         if device.startswith("cuda"):
-            timing_rows.append(_layer_timing(name, model, x, args.repeat, batch=1))
-            verdicts["timing"].append(f"{name} at batch 1: {timing_rows[-1][5]} — "
-                                      f"{_mark(abs(float(timing_rows[-1][5][:-1])) <= 5)}")
-            print("  timing", timing_rows[-1][1:], flush=True)
+            _layer_timing(name, model, x, args.repeat, 1, timing_rows, verdicts["timing"])
         if not args.quick:
             (big,) = zoo.example_inputs(name, device, batch=32)
             rounds = _batch_rounds(times, args.repeat)
@@ -391,10 +392,7 @@ def main() -> None:
             verdicts["batch"].append(f"{name}: {b_ratio:.3f}× — {_mark(b_ratio <= 1.05)}")
             print("  batch 32", batch_rows[-1][1:], flush=True)
             if device.startswith("cuda"):
-                timing_rows.append(_layer_timing(name, model, big, args.repeat, batch=32))
-                verdicts["timing"].append(f"{name} at batch 32: {timing_rows[-1][5]} — "
-                                          f"{_mark(abs(float(timing_rows[-1][5][:-1])) <= 5)}")
-                print("  timing", timing_rows[-1][1:], flush=True)
+                _layer_timing(name, model, big, args.repeat, 32, timing_rows, verdicts["timing"])
         del model
     if not args.quick and device == "cpu":  # meta against the CPU: the same on any machine's CPU
         for name in [*args.models, "timm:sequencer2d_s"]:
