@@ -25,13 +25,14 @@ def test_readme_table_is_what_the_tool_prints():
 
 
 def test_readme_speed_figures_come_from_the_benchmark():
-    """Every figure of the speed section (a ratio like 1.25× or a duration) appears in RESULTS.md."""
+    """Every figure of the speed section (a ratio like 1.25×, a duration, a percentage) appears in
+    RESULTS.md or, for the GPU, RESULTS-cuda.md."""
     section = README.split("## Speed", 1)[1].split("\n## ", 1)[0]
-    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    figures = re.findall(r"(\d+\.\d+)(?:×| s| ms| MiB)", section)
+    results = "".join(p.read_text() for p in sorted((ROOT / "benchmarks").glob("RESULTS*.md")))
+    figures = re.findall(r"(\d+\.\d+)(?=(?:–\d+\.\d+)?(?:×| s| ms| MiB|%))", section)  # both ends of a range
     assert figures, "the speed section quotes the benchmark"
-    for figure in figures:
-        assert figure in results, figure
+    for figure in figures:  # as a whole number there, not inside a longer one
+        assert re.search(rf"(?<![\d.]){re.escape(figure)}(?!\d)", results), figure
 
 
 def test_readme_names_the_two_commands_ci_uses():
