@@ -8,19 +8,21 @@
 Models by name from any source: ``inspector.load("resnet50")``, ``load("timm:convnext_tiny")``,
 ``load("hf:path/to/config_dir")``, ``load("path/to/net.py:Net")``.
 """
+from inspector import formats as _formats  # noqa: F401 - registers the output formats
 from inspector.api import inspect
 from inspector.closed_forms import ClosedForm, closed_form, closed_form_backward
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               RegistryError, UnknownModelError, UnsupportedModelError)
 from inspector.op_formulas import op_formula
 from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
+from inspector.figures import Figure, register as register_figure
 from inspector.report import CrossCheck, Report, TrainingMemory
 from inspector.sources import ModelSpec, load
 
-__all__ = ["ClosedForm", "CrossCheck", "InputError", "InspectorError", "LayerError", "LayerRecord", "MetaDeviceError",
+__all__ = ["ClosedForm", "CrossCheck", "Figure", "InputError", "InspectorError", "LayerError", "LayerRecord", "MetaDeviceError",
            "Mismatch", "ModelSpec", "NotAModuleError", "OpStat", "RegistryError", "Report", "TrainingMemory",
            "Uncounted", "UnknownModelError", "UnsupportedModelError", "closed_form", "closed_form_backward",
-           "inspect", "inspect_spec", "load", "op_formula"]
+           "inspect", "inspect_spec", "load", "op_formula", "register_figure"]
 __version__ = "0.2.0"
 
 

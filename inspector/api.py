@@ -18,13 +18,13 @@ from torch import nn
 
 from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
-from inspector.build import RecordBuilder, Run, layer_sum_ms, merge_outside, param_totals
-from inspector.collect import Collection, Collector, OpCounter, OpInfo, tensor_leaves
+from inspector import build
+from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, with_hint)
 from inspector.options import Options, validate
-from inspector.report import Report
+from inspector.report import Report, Run
 from inspector.tree import ModelTree
 
 P = ParamSpec("P")
@@ -81,14 +81,14 @@ def _config(module: nn.Module) -> str:
 
 
 def failure(collector: Collector | None, counter: OpCounter | None, exc: Exception, device: torch.device,
-            phase: str = "forward") -> InspectorError:
-    """One line naming the layer that failed, its config and input shapes, with a hint; never raises."""
+            phase: str = "forward", frame: Frame | None = None) -> InspectorError:
+    """One line naming the layer that failed (``frame``, else the collector's failing call), its config
+    and input shapes, with a hint; never raises."""
     try:
         if isinstance(exc, InspectorError):
             return exc
-        frame = collector.failing_frame() if collector is not None else None
-        if phase == "backward" and counter is not None and counter.bw_stack:
-            frame = counter.bw_stack[-1]
+        if frame is None and collector is not None:
+            frame = collector.failing_frame()
         message = first_line(exc)
         failed_op = counter.failed_op if counter is not None else None
         op = failed_op.name if failed_op is not None else None
@@ -135,14 +135,6 @@ def _check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
         list_hint = " (a list is one input: pass a tuple for several)" if len(args) == 1 and isinstance(args[0], list) \
             else ""
         raise InputError(f"{type(model).__name__}.forward{signature} cannot take {given}: {exc}{list_hint}") from None
-
-
-def _params_only(tree: ModelTree, run: Run) -> Report:
-    """The model did not run: parameters per module (from the module tree), and no MACs."""
-    totals = param_totals(tree)
-    return Report(run=run, total_params=totals.params, trainable_params=totals.trainable,
-                  buffer_elements=totals.buffer_elements, param_bytes=totals.param_bytes,
-                  buffer_bytes=totals.buffer_bytes, total_macs=None, builder=RecordBuilder(tree, None, None))
 
 
 def _collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
@@ -201,7 +193,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     run = Run(model=opts.name or type(model).__name__, device=str(target), dtype=dtype_name, mode=opts.mode,
               flops=opts.convention.name, notes=tuple(notes), backward=opts.backward)
     if ins.args is None:
-        return _params_only(tree, run)
+        return build.params_only(tree, run)
     given = tensor_leaves((ins.args, ins.kwargs))
     if opts.device is None and any(t.device.type == "meta" for t in given) and model_at.type != "meta":
         raise InputError(f"the inputs are on meta but the model is on {model_at}: pass device='meta' to count "
@@ -221,10 +213,12 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
             raise
         note = (f"the invented input failed, so only parameters are counted: {exc}; pass inputs=... or "
                 "input_size=(...) (--input-size) to count MACs")
-        return _params_only(tree, replace(run, input_shapes=(), input_dtypes=(), notes=(*notes, note)))
+        return build.params_only(tree, replace(run, input_shapes=(), input_dtypes=(), notes=(*notes, note)))
 
 
 def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
+    """Count (and train, and time) inside the borrow, and build the report there: what leaves the
+    borrow is plain data."""
     state = substitute_state(tree, target, opts.dtype) if opts.timing or not opts.backward else {}
     model = tree.model
     collector = Collector(tree, grads=opts.backward)
@@ -237,34 +231,31 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
         if opts.backward:
             from inspector.training import train_step
 
-            collection, training = train_step(tree, args, kw, collector, counter, opts, target,
-                                              lambda exc, phase: failure(collector, counter, exc, target, phase))
+            collection, training = train_step(
+                tree, args, kw, collector, counter, opts, target,
+                lambda exc, phase, frame: failure(collector, counter, exc, target, phase, frame))
         else:
             collection = _forward(model, state, args, kw, collector, counter, target)
         if opts.timing:
-            from inspector import timing as timing_mod
+            times, timing = _timed(tree, args, kw, len(collection.frames), target, opts)
+        return build.report(tree, run, collection, opts.dtype, training, timing, times)
 
-            timed_state = substitute_state(tree, target, opts.dtype, copies=True)
 
-            def run_once() -> object:
-                return call(model, timed_state, args, kw)
+def _timed(tree: ModelTree, args: tuple, kw: dict, calls: int, target: torch.device, opts: Options) -> tuple:
+    """Per-call times of the timed passes (on copies of the weights) and the whole-model timing."""
+    from inspector import timing as timing_mod
 
-            times, timing = timing_mod.time_calls(tree, run_once, len(collection.frames), opts.repeat, opts.warmup,
-                                                  target, on_error=lambda c, e: failure(c, None, e, target, "a timed pass"))
-    if timing is not None and times is not None:
-        from inspector import timing as timing_mod
+    timed_state = substitute_state(tree, target, opts.dtype, copies=True)
 
-        timing = timing_mod.with_peak(replace(timing, layer_sum_ms=layer_sum_ms(collection, times)), opts.peak,
-                                      target, opts.dtype)
-    totals = param_totals(tree, opts.dtype)
-    return Report(run=run, total_params=totals.params, trainable_params=totals.trainable,
-                  buffer_elements=totals.buffer_elements, param_bytes=totals.param_bytes,
-                  buffer_bytes=totals.buffer_bytes, total_macs=sum(f.macs for f in collection.frames),
-                  elementwise_flops=sum(f.flops for f in collection.frames),
-                  peak_activation_bytes=collection.peak_bytes, uncounted_ops=dict(collection.uncounted),
-                  formula_errors=dict(collection.formula_errors), timing=timing, training=training,
-                  leaf_calls=len(collection.frames) - len({f.parent for f in collection.frames} - {None}),
-                  builder=RecordBuilder(tree, collection, opts.dtype, times, opts.backward))
+    def failed(module: nn.Module | None, exc: Exception) -> InspectorError:
+        frame = None
+        if module is not None:
+            frame = Frame(0, module, tree.first_names.get(id(module), ""), 0, None)
+        return failure(None, None, exc, target, "a timed pass", frame)
+
+    times, timing = timing_mod.time_calls(tree, lambda: call(tree.model, timed_state, args, kw), calls, opts.repeat,
+                                          opts.warmup, target, on_error=failed)
+    return times, timing_mod.with_peak(timing, opts.peak, target, opts.dtype)
 
 
 def _forward(model: nn.Module, state: dict, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
@@ -277,6 +268,4 @@ def _forward(model: nn.Module, state: dict, args: tuple, kw: dict, collector: Co
             raise
         except Exception as exc:
             raise failure(collector, counter, exc, target) from exc
-    collection = collector.collection(counter)
-    merge_outside(collection)
-    return collection
+    return collector.collection(counter)

@@ -1,40 +1,28 @@
-"""From a collection to a report: totals at once, per-call records (parameter attribution, inclusive
-sums, closed forms) only when a report's layers are first asked for."""
+"""From what the passes collected to a finished :class:`Report`: parameters attributed to calls, the
+figures of every call (``inspector.figures``) and their inclusive sums, the closed forms. Runs
+inside the borrow, while the model is still lent; what it returns holds no module and no tensor."""
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from itertools import compress
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from inspector.closed_forms import evaluate, evaluate_backward
-from inspector.collect import NONE, Collection, Frame
+from inspector.collect import Collection, Frame
 from inspector.errors import first_line
+from inspector.figures import all_figures, fold, measured
 from inspector.records import LayerRecord, OpStat
+from inspector.report import Report, Run, Timing, Training
 from inspector.tree import ModelTree
-
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _NBYTES = operator.attrgetter("nbytes")
-
-
-@dataclass(frozen=True)
-class Run:
-    """What was run, as a report states it."""
-
-    model: str
-    device: str
-    dtype: str
-    mode: str
-    input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_dtypes: tuple[str, ...] = ()
-    flops: str = "matmul"
-    notes: tuple[str, ...] = ()
-    backward: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +32,19 @@ class ParamTotals:
     buffer_elements: int
     param_bytes: int
     buffer_bytes: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """One module call as the figures' ``measure`` functions see it: the counting pass's frame (its
+    module included: measures run while the model is lent), the parameters attributed to it, and
+    what the other passes measured of it."""
+
+    frame: Frame
+    params: int
+    trainable_params: int
+    hook_macs: int
+    time_ms: float | None = None
 
 
 def sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
@@ -99,7 +100,7 @@ def subtree_params(tree: ModelTree, dtype: torch.dtype | None = None) -> dict[st
     return counts
 
 
-def attribute_params(tree: ModelTree, frames: tuple[Frame, ...], subtree: dict[str, tuple[int, int]]
+def attribute_params(tree: ModelTree, frames: Sequence[Frame], subtree: dict[str, tuple[int, int]]
                      ) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
     """Each unique parameter goes to the first call of a module that holds it, under any of its names
     (so a tied embedding shows on the call that used it, not on an uncalled alias), else to the
@@ -131,10 +132,17 @@ def attribute_params(tree: ModelTree, frames: tuple[Frame, ...], subtree: dict[s
         entry = per_frame.setdefault(index, [0, 0])
         entry[0] += p.numel()
         entry[1] += p.numel() if trainable else 0
+    return per_frame, _uncalled(tree, first_call, held_by, subtree)
+
+
+def _uncalled(tree: ModelTree, first_call: dict[int, int], held_by: dict[int, int],
+              subtree: dict[str, tuple[int, int]]) -> list[tuple[str, int]]:
+    """The top-most modules that never ran (containers without a forward are transparent), with
+    the parameters that are on their caller's row."""
     live = {name for name, m in tree.modules if id(m) in first_call}
     inside_scripted = set(map(id, tree.inside_scripted))
     uncalled = []
-    for name, module in tree.modules:  # containers without a forward are transparent
+    for name, module in tree.modules:
         parent = name.rpartition(".")[0]
         if not name or id(module) in first_call or parent not in live or id(module) in inside_scripted:
             continue
@@ -152,7 +160,7 @@ def attribute_params(tree: ModelTree, frames: tuple[Frame, ...], subtree: dict[s
                 if owner == name or owner.startswith(name + "."):
                     prefixes[name] += p.numel()
         uncalled = [(name, prefixes[name]) for name, _ in uncalled]
-    return per_frame, uncalled
+    return uncalled
 
 
 def _reparametrized(module: nn.Module) -> bool:
@@ -165,102 +173,100 @@ def _stats(ops: dict[str, list[int]]) -> tuple[OpStat, ...]:
     return tuple(OpStat(op, c, m) for op, (c, m) in ops.items())
 
 
-def merge_outside(collection: Collection) -> None:
-    """Ops run outside every module call (before the first hook, after the last) go to the root."""
-    if not collection.frames:
-        return
-    root, outside = collection.frames[0], collection.outside
-    for attr in ("macs", "flops", "bw_macs", "bw_flops"):
-        setattr(root, attr, getattr(root, attr) + getattr(outside, attr))
-    for backward, theirs in ((False, outside.ops), (True, outside.bw_ops)):
-        for op, (calls, macs) in theirs.items():
-            stat = root.op_stats(backward).setdefault(op, [0, 0])
-            stat[0] += calls
-            stat[1] += macs
-    for attr in ("macs", "flops", "bw_macs", "bw_flops"):
-        setattr(outside, attr, 0)
-    outside.ops = outside.bw_ops = NONE
+def _merged(ops: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Two op tables as one (the model's own row and the ops run outside every call)."""
+    out = {op: list(stat) for op, stat in ops.items()}
+    for op, (calls, macs) in more.items():
+        stat = out.setdefault(op, [0, 0])
+        stat[0] += calls
+        stat[1] += macs
+    return out
 
 
-@dataclass
-class RecordBuilder:
-    """Builds the per-call records when a report first needs them, then lets go of the model."""
-
-    tree: ModelTree | None
-    collection: Collection | None
-    dtype: torch.dtype | None
-    times: tuple[float | None, ...] | None = None
-    backward: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def build(self) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...]]:
-        tree, collection = self.tree, self.collection
-        assert tree is not None, "records are built once"
-        if collection is None:
-            self.tree = None
-            return static_records(tree, self.dtype), ()
-        frames = collection.frames
-        module_params = subtree_params(tree, self.dtype)
-        per_frame, uncalled = attribute_params(tree, frames, module_params)
-        n = len(frames)
-        inclusive = {k: [getattr(f, k) for f in frames]
-                     for k in ("macs", "flops", "bw_macs", "saved_bytes", "recompute_macs")}
-        inclusive_params = [per_frame.get(i, [0])[0] for i in range(n)]
-        hooked = [f.hook_macs for f in frames]
-        has_children = [False] * n
-        for f in reversed(frames):
-            if f.parent is not None:
-                for values in inclusive.values():
-                    values[f.parent] += values[f.index]
-                inclusive_params[f.parent] += inclusive_params[f.index]
-                hooked[f.parent] += hooked[f.index]
-                if isinstance(f.module, parametrize.ParametrizationList):
-                    hooked[f.parent] += inclusive["macs"][f.index]
-                has_children[f.parent] = True
-        names = {id(m): name for name, m in tree.modules}
-        records = []
-        calls: dict[int, int] = {}  # id(module) -> its calls so far: the call number of each frame
-        for f in frames:
-            call = calls[id(f.module)] = calls.get(id(f.module), -1) + 1
-            form = expected_bw = None
-            try:
-                form = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else None
-                if self.backward:
-                    expected_bw = evaluate_backward(f.module, form, f.grad_input)
-            except Exception as exc:  # noqa: BLE001 - a closed form that cannot apply is noted, not fatal
-                self.notes.append(f"closed form of {f.name or '(model)'} ({type(f.module).__name__}) not "
-                                  f"checked: {first_line(exc)}")
-            params, trainable = per_frame.get(f.index, [0, 0])
-            own_name = names.get(id(f.module), f.name)
-            subtree = module_params.get(own_name, (0, 0))
-            reparam = _reparametrized(f.module)
-            bw = self.backward
-            records.append(LayerRecord.make(
-                index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent,
-                call=call, is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
-                input_dtypes=tuple(str(d).replace("torch.", "") for d in f.input_dtypes),
-                output_shapes=f.outputs, output_bytes=f.output_bytes, params=params, trainable_params=trainable,
-                inclusive_params=inclusive_params[f.index], macs=f.macs, inclusive_macs=inclusive["macs"][f.index],
-                elementwise_flops=f.flops, inclusive_elementwise_flops=inclusive["flops"][f.index],
-                expected_macs=None if form is None else form.macs,
-                expected_params=None if form is None or reparam else form.params, module_params=subtree[0],
-                ops=_stats(f.ops), input_bytes=f.input_bytes, param_bytes=subtree[1], hook_macs=hooked[f.index],
-                failed=f.failed, time_ms=None if self.times is None or self.times[f.index] is None
-                else self.times[f.index] * 1e3,
-                backward_macs=f.bw_macs if bw else None, inclusive_backward_macs=inclusive["bw_macs"][f.index] if bw
-                else None, backward_ops=_stats(f.bw_ops), expected_backward_macs=None if reparam else expected_bw,
-                saved_bytes=f.saved_bytes if bw else None,
-                inclusive_saved_bytes=inclusive["saved_bytes"][f.index] if bw else None,
-                recompute_macs=inclusive["recompute_macs"][f.index] if bw else None,
-            ))
-        if self.times is not None:
-            own = self_times([r.parent for r in records], tuple(r.time_ms for r in records))
-            records = [replace(r, self_time_ms=t) for r, t in zip(records, own)]
-        self.tree = self.collection = None  # the report no longer holds the model
-        return tuple(records), tuple(uncalled)
+def _config(module: nn.Module) -> str:
+    """The module's own description (``extra_repr``), first line; '' when it has none or it fails."""
+    try:
+        text = module.extra_repr()
+    except Exception:  # noqa: BLE001 - a broken extra_repr must not stop the report
+        return ""
+    return text.strip().splitlines()[0] if isinstance(text, str) and text.strip() else ""
 
 
-def self_times(parents: list[int | None], times: tuple[float | None, ...]) -> list[float | None]:
+def _hook_macs(frames: Sequence[Frame]) -> list[int]:
+    """Each call's own work that is not its layer's formula: its pre-hooks', or all of it inside a
+    parametrization (the weight computed when the layer reads it)."""
+    inside = [False] * len(frames)
+    for f in frames:
+        inside[f.index] = isinstance(f.module, parametrize.ParametrizationList) or \
+            (f.parent is not None and inside[f.parent])
+    return [f.macs if inside[f.index] else f.hook_macs for f in frames]
+
+
+def _inclusive(frames: Sequence[Frame], own: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[bool]]:
+    """Every call's figures with its descendants' (sums carried up in one pass over the calls, derived
+    figures derived once at the end), and whether it has children."""
+    sums = [dict(values) for values in own]
+    has_children = [False] * len(frames)
+    for f in reversed(frames):  # children come after their parent
+        if f.parent is not None:
+            parent, child = sums[f.parent], sums[f.index]
+            for name, value in child.items():
+                if value is not None:
+                    parent[name] = value if parent.get(name) is None else parent[name] + value
+            has_children[f.parent] = True
+    return [fold([s]) for s in sums], has_children
+
+
+def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, has: Callable[[str], bool],
+            times: Sequence[float | None] | None = None
+            ) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """One record per call, the modules that never ran, and the notes of closed forms that could not
+    be checked. ``has(part)`` says which parts of the report ran (see ``inspector.figures``)."""
+    frames = collection.frames
+    module_params = subtree_params(tree, dtype)
+    per_frame, uncalled = attribute_params(tree, frames, module_params)
+    hooks = _hook_macs(frames)
+    own_times = self_times([f.parent for f in frames], times) if times is not None else [None] * len(frames)
+    calls = [Call(f, *per_frame.get(f.index, (0, 0)), hook_macs=hooks[f.index],
+                  time_ms=None if own_times[f.index] is None else own_times[f.index] * 1e3) for f in frames]
+    own = measured([*calls, Call(collection.outside, 0, 0, 0)], has)
+    outside = own.pop()
+    if frames:  # ops run outside every call (before the first hook, after the last) are the model's own
+        own[0] = fold([own[0], outside])
+    own = [fold([values]) for values in own]  # derived figures
+    inclusive, has_children = _inclusive(frames, own)
+    names = {id(m): name for name, m in tree.modules}
+    notes: list[str] = []
+    out = []
+    numbering: dict[int, int] = {}  # id(module) -> its calls so far: the call number of each frame
+    backward = has("training")
+    for f in frames:
+        number = numbering[id(f.module)] = numbering.get(id(f.module), -1) + 1
+        form = expected_bw = None
+        try:
+            form = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else None
+            if backward:
+                expected_bw = evaluate_backward(f.module, form, f.grad_input)
+        except Exception as exc:  # noqa: BLE001 - a closed form that cannot apply is noted, not fatal
+            notes.append(f"closed form of {f.name or '(model)'} ({type(f.module).__name__}) not "
+                         f"checked: {first_line(exc)}")
+        subtree = module_params.get(names.get(id(f.module), f.name), (0, 0))
+        reparam = _reparametrized(f.module)
+        ops, bw_ops = (f.ops, f.bw_ops) if f.index else (_merged(f.ops, collection.outside.ops),
+                                                       _merged(f.bw_ops, collection.outside.bw_ops))
+        out.append(LayerRecord.make(
+            index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent, call=number,
+            is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
+            input_dtypes=tuple(str(d).replace("torch.", "") for d in f.input_dtypes), output_shapes=f.outputs,
+            output_bytes=f.output_bytes, input_bytes=f.input_bytes, module_params=subtree[0], param_bytes=subtree[1],
+            config=_config(f.module), expected_macs=None if form is None else form.macs,
+            expected_params=None if form is None or reparam else form.params,
+            expected_backward_macs=None if reparam else expected_bw, ops=_stats(ops), backward_ops=_stats(bw_ops),
+            failed=f.failed, own=own[f.index], inclusive=inclusive[f.index]))
+    return tuple(out), tuple(uncalled), tuple(notes)
+
+
+def self_times(parents: list[int | None], times: Sequence[float | None]) -> list[float | None]:
     """Each call's time minus its children's (never below zero), in the units given; None where a
     call has no time."""
     children = [0.0] * len(times)
@@ -270,16 +276,31 @@ def self_times(parents: list[int | None], times: tuple[float | None, ...]) -> li
     return [None if t is None else max(0.0, t - children[i]) for i, t in enumerate(times)]
 
 
-def layer_sum_ms(collection: Collection, times: tuple[float | None, ...]) -> float:
-    """Sum of every call's self-time, in ms, from per-call seconds."""
-    own = self_times([f.parent for f in collection.frames], times)
-    return 1e3 * sum(t for t in own if t is not None)
+def report(tree: ModelTree, run: Run, collection: Collection, dtype: torch.dtype | None,
+           training: Training | None = None, timing: Timing | None = None,
+           times: Sequence[float | None] | None = None) -> Report:
+    """The finished report of a model that ran (``times``: per-call seconds of the timed passes)."""
+    parts = {"": True, "forward": True, "training": training is not None, "timing": timing is not None}
+    layers, uncalled, notes = records(tree, collection, dtype, parts.__getitem__, times)
+    if timing is not None:
+        timing = replace(timing, layer_sum_ms=sum(r.own["time_ms"] or 0.0 for r in layers))
+    totals = param_totals(tree, dtype)
+    every = (*collection.frames, collection.outside)
+    parents = {f.parent for f in collection.frames} - {None}
+    return Report(run=replace(run, notes=run.notes + notes), total_params=totals.params,
+                  trainable_params=totals.trainable, buffer_elements=totals.buffer_elements,
+                  param_bytes=totals.param_bytes, buffer_bytes=totals.buffer_bytes,
+                  total_macs=sum(f.macs for f in every), elementwise_flops=sum(f.flops for f in every),
+                  peak_activation_bytes=collection.peak_bytes, uncounted_ops=dict(collection.uncounted),
+                  formula_errors=dict(collection.formula_errors), timing=timing, training=training,
+                  leaf_calls=len(collection.frames) - len(parents), layers=layers, uncalled=uncalled)
 
 
-def static_records(tree: ModelTree, dtype: torch.dtype | None = None) -> tuple[LayerRecord, ...]:
-    """A record per module of a model that did not run (no input): its place in the module tree and
-    its parameters, without any call figure."""
-    subtree = subtree_params(tree, dtype)
+def params_only(tree: ModelTree, run: Run) -> Report:
+    """The report of a model that did not run: a record per module of the module tree with its
+    parameters, and no call figure (None, never 0)."""
+    totals = param_totals(tree)
+    subtree = subtree_params(tree)
     own: dict[str, list[int]] = {}
     for pname, p, trainable in tree.params:
         entry = own.setdefault(pname.rpartition(".")[0], [0, 0])
@@ -288,10 +309,27 @@ def static_records(tree: ModelTree, dtype: torch.dtype | None = None) -> tuple[L
     index = {name: i for i, (name, _) in enumerate(tree.modules)}
     parents = [None if not name else index.get(name.rpartition(".")[0], 0) for name, _ in tree.modules]
     has_children = {p for p in parents if p is not None}
-    return tuple(LayerRecord.make(
-        index=i, name=name, type=type(module).__name__, depth=name.count(".") + 1 if name else 0, parent=parents[i],
-        call=0, is_leaf=i not in has_children, input_shapes=(), output_shapes=(), output_bytes=0,
-        params=own.get(name, [0, 0])[0], trainable_params=own.get(name, [0, 0])[1],
-        inclusive_params=subtree.get(name, (0, 0))[0], macs=0, inclusive_macs=0, expected_macs=None,
-        expected_params=None, module_params=subtree.get(name, (0, 0))[0], ops=(),
-        param_bytes=subtree.get(name, (0, 0))[1]) for i, (name, module) in enumerate(tree.modules))
+    inclusive: dict[str, list[int]] = {}
+    for name, _ in reversed(tree.modules):
+        mine = inclusive.setdefault(name, list(own.get(name, [0, 0])))
+        if name:
+            parent = inclusive.setdefault(name.rpartition(".")[0], list(own.get(name.rpartition(".")[0], [0, 0])))
+            parent[0] += mine[0]
+            parent[1] += mine[1]
+    layers = []
+    for i, (name, module) in enumerate(tree.modules):
+        mine, under = own.get(name, [0, 0]), inclusive[name]
+        layers.append(LayerRecord.make(
+            index=i, name=name, type=type(module).__name__, depth=name.count(".") + 1 if name else 0,
+            parent=parents[i], call=0, is_leaf=i not in has_children, module_params=subtree.get(name, (0, 0))[0],
+            param_bytes=subtree.get(name, (0, 0))[1], config=_config(module),
+            own=_unmeasured({"params": mine[0], "trainable_params": mine[1]}),
+            inclusive=_unmeasured({"params": under[0], "trainable_params": under[1]})))
+    return Report(run=run, total_params=totals.params, trainable_params=totals.trainable,
+                  buffer_elements=totals.buffer_elements, param_bytes=totals.param_bytes,
+                  buffer_bytes=totals.buffer_bytes, total_macs=None, layers=tuple(layers))
+
+
+def _unmeasured(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every other figure None (its part did not run)."""
+    return fold([{**{f.name: None for f in all_figures() if f.measure is not None}, **values}])

@@ -14,15 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import inspector
+from inspector import output
 from inspector.borrow import MODES
+from inspector.conventions import CONVENTIONS
 from inspector.errors import InspectorError, first_line
+from inspector.figures import all_figures
+from inspector.optimizers import OPTIMIZERS
 from inspector.options import DTYPES
-from inspector.render import COLUMNS, RANKS, check_columns
-from inspector.sources.torchvision_source import FAMILIES
-from inspector.training import OPTIMIZERS
+from inspector.render import all_columns, check_columns
+from inspector.sources import listing_sources, source
 
 OK, FAILED, USAGE, INCOMPLETE, INTERRUPTED = 0, 1, 2, 3, 130
-REPORT_FORMATS = ("table", "markdown", "json", "csv", "html")
+#: Headers of ``inspector list`` for the fields a source's catalogue gives.
+_LIST_HEADERS = {"name": "Model", "family": "Family", "num_params": "Published params", "gmacs": "Published GMACs",
+                 "input": "Input"}
 
 
 class CliError(InspectorError):
@@ -121,9 +126,10 @@ def _check_summary(args: argparse.Namespace) -> None:
             check_columns(None, args.columns)
         except ValueError as exc:
             raise CliError(f"--columns: {exc}") from None
-    if args.top and args.sort == "time" and not args.timing:
-        raise CliError("--sort time needs per-layer times: add --timing")
-    if args.top and args.sort in ("backward_macs", "saved_bytes") and not args.backward:
+    ranked = next(f for f in all_figures() if args.sort in (f.name, *f.aliases))
+    if args.top and ranked.needs == "timing" and not args.timing:
+        raise CliError(f"--sort {args.sort} needs per-layer times: add --timing")
+    if args.top and ranked.needs == "training" and not args.backward:
         raise CliError(f"--sort {args.sort} needs a training step: add --backward")
     if args.optimizer and not args.backward:
         raise CliError("--optimizer applies to a training step: add --backward")
@@ -137,7 +143,6 @@ def _check_summary(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from inspector import inspect_spec, load
-    from inspector.formats import render
 
     _check_summary(args)
     device = _device(args.device) or "cpu"
@@ -146,8 +151,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
                           peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
                           mode=args.mode)
     columns = args.columns.split(",") if args.columns else None
-    print(render(report, args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
-                 by=args.sort))
+    print(report.render(args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
+                        by=args.sort))
     if not report.complete:
         return INCOMPLETE
     return FAILED if any(m for m in report.crosscheck()) else OK
@@ -155,7 +160,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from inspector.compare import compare
-    from inspector.formats import render
     from inspector.sources import list_names
     from inspector.sources.torchvision_source import check_name
 
@@ -179,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      seq_len=args.seq_len, input_size=args.input_size)
     if args.sort:
         result = result.sorted(args.sort, descending=args.descending)
-    print(render(result, args.format), end="" if args.format == "csv" else "\n")
+    print(output.render(result, args.format), end="" if args.format == "csv" else "\n")
     if plot:
         from inspector.plot import plot_pareto
 
@@ -194,21 +198,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     import json
 
     from inspector.render import tabulate
-    from inspector.sources import list_names
 
-    if args.source == "tv":
-        from inspector.sources.torchvision_source import entry
-
-        rows = [[n, entry(n).family, f"{entry(n).num_params:,}", entry(n).gmacs,
-                 "x".join(map(str, entry(n).input_size))] for n in list_names("tv", args.family)]
-        headers = ["Model", "Family", "Published params", "Published GMACs", "Input"]
-    else:
-        rows = [[n] for n in list_names(args.source)]
-        headers = ["Model"]
+    entries = source(args.source).catalogue(args.family)
+    keys = list(entries[0]) if entries else ["name"]
     if args.format == "json":
-        keys = ["name", "family", "num_params", "gmacs", "input"][:len(headers)]
-        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
+        print(json.dumps(entries, indent=1))
     else:
+        rows = [[f"{v:,}" if isinstance(v, int) else v for v in entry.values()] for entry in entries]
+        headers = [_LIST_HEADERS.get(k, k) for k in keys]
         print(tabulate(rows, headers, "github" if args.format == "markdown" else "simple"))
     return OK
 
@@ -262,11 +259,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=MODES, help="module mode (default eval; train with --backward)")
     s.add_argument("--depth", type=_natural, help="levels of the call tree to show (default: all)")
     s.add_argument("--top", type=_positive, metavar="K", help="show only the K calls doing the most (see --sort)")
-    s.add_argument("--sort", default="macs", choices=tuple(RANKS),
+    s.add_argument("--sort", default="macs", choices=[n for f in all_figures() if f.rank for n in (f.name, *f.aliases)],
                    help="what --top ranks by (default macs)")
-    s.add_argument("--columns", metavar="COL,COL", help="table columns, from: " + ", ".join(COLUMNS))
+    s.add_argument("--columns", metavar="COL,COL", help="table columns, from: " + ", ".join(all_columns()))
     s.add_argument("--exact", action="store_true", help="exact integers instead of readable units (4.09 G)")
-    s.add_argument("--flops", choices=("matmul", "all"), default="matmul",
+    s.add_argument("--flops", choices=tuple(CONVENTIONS), default="matmul",
                    help="FLOPs = 2 x MACs (matmul, default) or also elementwise work (all)")
     s.add_argument("--timing", action="store_true", help="per-layer forward times, GFLOP/s and roofline")
     s.add_argument("--peak", type=_peak, default="measure", metavar="GFLOPS,GBPS",
@@ -274,13 +271,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backward", action="store_true", help="also one training step: backward MACs and its memory")
     s.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
                    help="optimizer of the training step (with --backward)")
-    s.add_argument("--format", choices=REPORT_FORMATS, default="table", help="output format (default table)")
+    s.add_argument("--format", choices=output.names("report"), default="table", help="output format (default table)")
     s.set_defaults(run=cmd_summary)
     c = sub.add_parser("compare", help="several models side by side",
                        description="Several models side by side; names from any source, mixed.")
     c.add_argument("models", nargs="*", metavar="NAME", help="models to compare (as for summary)")
     c.add_argument("--all", action="store_true", help="every registered torchvision model (of --family)")
-    c.add_argument("--family", choices=FAMILIES, help="with --all: one torchvision family")
+    c.add_argument("--family", choices=source("tv").families, help="with --all: one torchvision family")
     c.add_argument("--device", help="cpu (default), cuda, cuda:N or meta")
     c.add_argument("--batch", type=_positive, help="batch size of every example input (default 1)")
     c.add_argument("--seq-len", type=_positive, help="tokens per sequence for hf: models (default 128)")
@@ -288,14 +285,15 @@ def parser() -> argparse.ArgumentParser:
                    help="one random input size for every model (its own example otherwise)")
     c.add_argument("--sort", default=None, help="a column: params, macs, published_gmacs, metric_value, ...")
     c.add_argument("--descending", action="store_true", help="sort largest first")
-    c.add_argument("--format", choices=REPORT_FORMATS, default="table", help="output format (default table)")
+    c.add_argument("--format", choices=output.names("comparison"), default="table", help="output format (default table)")
     c.add_argument("--plot", metavar="FILE.png", help="accuracy against GMACs with the Pareto front, per task")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal)")
     c.set_defaults(run=cmd_compare)
     li = sub.add_parser("list", help="models a source knows", description="Models a source knows.")
-    li.add_argument("--source", default="tv", choices=("tv", "timm"), help="tv (torchvision, default) or timm")
-    li.add_argument("--family", default=None, choices=FAMILIES, help="a torchvision family")
+    li.add_argument("--source", default="tv", choices=listing_sources(),
+                    help="a source that lists its models (default tv: torchvision)")
+    li.add_argument("--family", default=None, choices=source("tv").families, help="a torchvision family")
     li.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
     li.set_defaults(run=cmd_list)
     b = sub.add_parser("blog", help="the post's figures checked, its exercises answered",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -200,6 +200,10 @@ class Live:
         self._refs: dict[int, _StorageRef] = {}  # storage address -> its reference
         self._dead: list[_StorageRef] = []  # references whose storage died since the last add
 
+    def enter(self, phase: str) -> None:
+        """The step goes on to ``phase`` ("backward", "optimizer"): a later peak is said to be there."""
+        self.phase = phase
+
     def add(self, tensor: torch.Tensor) -> None:
         """A tensor an op allocated; a storage already counted (an op handing back its input
         without saying so in its schema) is counted once."""
@@ -305,6 +309,32 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
 WriteGuard = Callable[[torch.Tensor], None]
 
 
+class Route(Protocol):
+    """Where ops are charged outside the forward (``OpCounter.routed``): the frame ``frame()`` names
+    (None: the ops run outside every call), as backward work when ``backward``; ``recomputing(f)``
+    says whether ``f``'s forward is being run again in backward (activation checkpointing)."""
+
+    backward: bool
+
+    def frame(self) -> Frame | None: ...
+
+    def recomputing(self, frame: Frame | None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Sink:
+    """A route charging every op to one frame: the loss, the optimizer step (not the model's work)."""
+
+    into: Frame
+    backward: bool = False
+
+    def frame(self) -> Frame:
+        return self.into
+
+    def recomputing(self, frame: Frame | None) -> bool:
+        return False
+
+
 class OpCounter(TorchDispatchMode):
     """Charges every aten op to the innermost module call on ``stack`` (forward) or on the backward
     stack (see ``training``), and saves model tensors before the first write to them (``guard``)."""
@@ -329,13 +359,20 @@ class OpCounter(TorchDispatchMode):
         self.uncounted: dict[str, int] = {}
         self.formula_errors: dict[str, str] = {}
         self.failed_op: OpInfo | None = None  # the op that raised, if one did
-        self.backward = False
-        self.bw_stack: list[Frame] = []
-        self.recomputing: set[int] = set()  # frames whose forward is being recomputed (checkpointing)
-        self.sink: Frame | None = None  # when set, every op is charged here: the loss, the optimizer step
+        self._route: Route | None = None  # see ``routed``
         self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None)
+
+    @contextmanager
+    def routed(self, route: Route) -> Iterator[None]:
+        """While in this block, every op is charged where ``route`` says (the backward pass, the loss,
+        the optimizer step) instead of to the innermost forward call."""
+        saved, self._route = self._route, route
+        try:
+            yield
+        finally:
+            self._route = saved
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         # the hot path: one call per aten op of the forward; kept flat on purpose
@@ -357,8 +394,11 @@ class OpCounter(TorchDispatchMode):
             raise
         if not self.count:
             return out
-        if self.backward or self.sink is not None:
-            self._elsewhere(info, args, kwargs, out)
+        if self._route is not None:
+            route = self._route
+            frame = route.frame()
+            self._charge(frame if frame is not None else self.outside, info, args, kwargs, out, route.backward,
+                         route.backward and route.recomputing(frame))
         else:
             stack = self.stack
             frame = stack[-1] if stack else self.outside
@@ -387,15 +427,8 @@ class OpCounter(TorchDispatchMode):
                 self.live.add(out)
         return out
 
-    def _elsewhere(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> None:
-        """An op of the backward pass (charged to the innermost call whose backward runs), or of the
-        loss or optimizer step (charged to ``sink``, which is not the model's work)."""
-        if self.sink is not None:
-            self._charge(self.sink, info, args, kwargs, out, backward=False)
-        else:
-            self._charge(self.bw_stack[-1] if self.bw_stack else self.outside, info, args, kwargs, out, backward=True)
-
-    def _charge(self, frame: Frame, info: OpInfo, args: tuple, kwargs: dict | None, out: Any, backward: bool) -> None:
+    def _charge(self, frame: Frame, info: OpInfo, args: tuple, kwargs: dict | None, out: Any, backward: bool,
+                recomputed: bool = False) -> None:
         """Count one op on ``frame`` (the forward's own path is inlined in ``__torch_dispatch__``)."""
         macs = 0
         if info.counts:
@@ -403,7 +436,7 @@ class OpCounter(TorchDispatchMode):
             if backward:
                 frame.bw_macs += macs
                 frame.bw_flops += flops
-                if frame.index in self.recomputing:
+                if recomputed:
                     frame.recompute_macs += macs
             else:
                 frame.macs += macs
@@ -484,20 +517,16 @@ class Collection:
 class Collector:
     """The two process-wide hooks, pushing and popping frames on a stack shared with the counter."""
 
-    def __init__(self, tree: ModelTree, timer: Callable[[], Any] | None = None, capture: bool = True,
-                 grads: bool = False) -> None:
+    def __init__(self, tree: ModelTree, grads: bool = False) -> None:
         self.tree = tree
         self.names = tree.first_names
         self.shared = tree.shared_ids
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
-        self.timer = timer
-        self.capture = capture  # record shapes (counting); off for timed passes
-        self.marks: list[tuple[Any, Any]] = []
-        self.on_post: list[Callable[[Frame, tuple, dict | None, Any], None]] = []
+        self._observers: list[Callable[[Frame, tuple, dict | None, Any], None]] = []  # see ``observing``
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
-        self.redirect: Any = None  # during backward: recomputed calls go to redirect.pre/post (training)
+        self._redirect: Any = None  # see ``redirected``
         self.grads = grads  # record whether inputs require grad (a training step)
         #: id(RNN module) -> its fused-op mode, on the meta device without autograd (see meta_fast)
         self.fused_rnn: dict[int, Any] = {}
@@ -528,8 +557,8 @@ class Collector:
         name = self.names.get(key)
         if name is None or _get_ident() != self._thread:
             return
-        if self.redirect is not None:
-            self.redirect.pre(module)
+        if self._redirect is not None:
+            self._redirect.pre(module)
             return
         if key in self.special:
             name = self._special_pre(module, name)
@@ -542,8 +571,6 @@ class Collector:
             frame = Frame(len(frames), module, name, 0, None)
         frames.append(frame)
         stack.append(frame)
-        if self.timer is not None:
-            self.marks.append((self.timer(), None))
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names, or an RNN counted as its fused op."""
@@ -555,11 +582,10 @@ class Collector:
 
     def _post(self, module: nn.Module, args: tuple, kwargs: Any = None, output: Any = _FAILED) -> None:
         # torch calls always_call hooks as (module, args, result) when the forward raised: no output
-        end = self.timer() if self.timer is not None else None
         if id(module) not in self.names or _get_ident() != self._thread:
             return
-        if self.redirect is not None:
-            self.redirect.post(module)
+        if self._redirect is not None:
+            self._redirect.post(module)
             return
         stack = self.stack
         if not stack or stack[-1].module is not module:
@@ -570,28 +596,24 @@ class Collector:
         frame = stack.pop()
         if self._fused and id(module) in self.fused_rnn:
             self._fused.pop().__exit__(None, None, None)
-        if end is not None:
-            self.marks[frame.index] = (self.marks[frame.index][0], end)
         if output is _FAILED:
             frame.failed = True
             if self.failed is None:
                 self.failed = frame
-            if self.capture:
-                self._inputs(frame, args, None)
+            self._inputs(frame, args, None)
             return
         if self.failed is not None and self._below(self.failed, frame):
             self.failed = None  # this call caught its descendant's exception and went on
-        if self.capture:
-            self._inputs(frame, args, kwargs)
-            if type(output) is torch.Tensor and not output.is_nested:
-                frame.outputs = (output.shape,)
-                frame.output_bytes = output.nbytes
-            else:
-                leaves = tensor_leaves(output)
-                frame.outputs = tuple(_tensor_shape(t) for t in leaves)
-                frame.output_bytes = _nbytes(leaves)
-        if self.on_post:
-            for callback in self.on_post:
+        self._inputs(frame, args, kwargs)
+        if type(output) is torch.Tensor and not output.is_nested:
+            frame.outputs = (output.shape,)
+            frame.output_bytes = output.nbytes
+        else:
+            leaves = tensor_leaves(output)
+            frame.outputs = tuple(_tensor_shape(t) for t in leaves)
+            frame.output_bytes = _nbytes(leaves)
+        if self._observers:
+            for callback in self._observers:
                 callback(frame, args, kwargs, output)
 
     def _below(self, frame: Frame, ancestor: Frame) -> bool:
@@ -630,6 +652,25 @@ class Collector:
         finally:
             for handle in handles:
                 handle.remove()
+
+    @contextmanager
+    def observing(self, callback: Callable[[Frame, tuple, dict | None, Any], None]) -> Iterator[None]:
+        """``callback(frame, args, kwargs, output)`` after every call that returns, in this block."""
+        self._observers.append(callback)
+        try:
+            yield
+        finally:
+            self._observers.remove(callback)
+
+    @contextmanager
+    def redirected(self, route: Any) -> Iterator[None]:
+        """In this block (backward), module calls (activation checkpointing's recomputation) go to
+        ``route.pre(module)`` and ``route.post(module)`` instead of opening frames."""
+        saved, self._redirect = self._redirect, route
+        try:
+            yield
+        finally:
+            self._redirect = saved
 
     def _forward_starts(self, module: nn.Module, args: tuple) -> None:
         """Runs after the module's own pre-hooks: what they computed is not the layer's forward."""

@@ -11,7 +11,8 @@ from torch import nn
 
 from inspector import inspect_spec
 from inspector.errors import first_line
-from inspector.render import size, tabulate
+from inspector.render import tabulate
+from inspector.units import size
 from inspector.sources import ModelSpec, Published, load
 
 
@@ -45,6 +46,8 @@ COLUMNS = [f.name for f in fields(ComparisonRow)]
 
 class Comparison:
     """Rows of a comparison; sortable by any column, rendered as a table, dicts or CSV."""
+
+    KIND = "comparison"
 
     def __init__(self, rows: Iterable[ComparisonRow]) -> None:
         self.rows = list(rows)

@@ -11,6 +11,7 @@ from inspector.borrow import MODES
 from inspector.conventions import Convention, convention
 from inspector.errors import InputError
 from inspector.op_formulas import formula_table
+from inspector.optimizers import check_optimizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DEVICE_TYPES = ("cpu", "cuda", "meta")
@@ -113,8 +114,6 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
     if loss_fn is not None and not callable(loss_fn):
         raise InputError(f"loss_fn must be callable (output -> scalar), got {loss_fn!r}")
     if optimizer is not None:
-        from inspector.training import check_optimizer
-
         check_optimizer(optimizer)
     resolved = check_device(device)
     return Options(device=resolved, dtype=check_dtype(dtype), mode=mode, timing=timing,

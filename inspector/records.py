@@ -1,8 +1,12 @@
-"""Frozen records: one per module call, and the problems the cross-check finds."""
+"""Frozen records: one per module call, and the problems the cross-check finds. Plain data: no
+module, no tensor; the figures of a call are read through the figure registry."""
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, NamedTuple
+
+from inspector.figures import FIGURES, lookup
 
 Shape = tuple[int, ...]
 
@@ -19,11 +23,11 @@ class OpStat(NamedTuple):
 class LayerRecord:
     """Everything known about one call of one module, computed once and rendered many ways.
 
-    ``macs``/``params`` are *self* figures: work run while this call was the innermost module, and
-    parameters first counted here (the module's own, plus those of descendants that never ran as
-    modules, such as MultiheadAttention's ``out_proj``). Summed over all records they give the
-    totals. ``inclusive_*`` add everything the call ran below it. ``depth`` and ``parent`` follow
-    the call chain: a block called by its model is its child, wherever it is registered.
+    Figures (``inspector.figures``) are read as attributes: ``record.macs`` is the call's *own*
+    figure (work run while this call was the innermost module; parameters first counted here), and
+    ``record.inclusive_macs`` adds everything the call ran below it. Summed over all records the
+    own figures give the totals. ``depth`` and ``parent`` follow the call chain: a block called by
+    its model is its child, wherever it is registered.
     """
 
     index: int
@@ -33,43 +37,32 @@ class LayerRecord:
     parent: int | None
     call: int
     is_leaf: bool
-    input_shapes: tuple[Shape, ...]
-    output_shapes: tuple[Shape, ...]
-    output_bytes: int
-    params: int
-    trainable_params: int
-    inclusive_params: int
-    macs: int
-    inclusive_macs: int
-    expected_macs: int | None
-    expected_params: int | None
-    module_params: int
-    ops: tuple[OpStat, ...]
+    input_shapes: tuple[Shape, ...] = ()
+    output_shapes: tuple[Shape, ...] = ()
     input_dtypes: tuple[str, ...] = ()
     input_bytes: int = 0
-    param_bytes: int = 0  # the module's parameters (its whole subtree), in the dtype the pass ran in
-    elementwise_flops: int = 0  # the FLOP convention's extra work ("all"), this call's own ops
-    inclusive_elementwise_flops: int = 0
-    hook_macs: int = 0  # inclusive work of pre-hooks and parametrizations: not the layer's own formula
-    failed: bool = False
-    time_ms: float | None = None
-    self_time_ms: float | None = None
-    backward_macs: int | None = None  # None: no backward pass was run
-    inclusive_backward_macs: int | None = None
-    backward_ops: tuple[OpStat, ...] = ()
+    output_bytes: int = 0
+    module_params: int = 0  # the module's parameters (its whole subtree), each once
+    param_bytes: int = 0    # the same, in bytes, in the dtype the pass ran in
+    config: str = ""        # the module's extra_repr(), first line
+    expected_macs: int | None = None  # the closed form's figures (None: no closed form)
+    expected_params: int | None = None
     expected_backward_macs: int | None = None
-    saved_bytes: int | None = None  # activations autograd saved for backward during this call (own)
-    inclusive_saved_bytes: int | None = None
-    recompute_macs: int | None = None  # forward work recomputed in backward (checkpointing)
+    ops: tuple[OpStat, ...] = ()
+    backward_ops: tuple[OpStat, ...] = ()
+    failed: bool = False    # the call raised and its caller went on
+    own: Mapping[str, Any] = field(default_factory=dict)        # figure name -> this call's own value
+    inclusive: Mapping[str, Any] = field(default_factory=dict)  # figure name -> with everything below it
 
-    @property
-    def flops(self) -> int:
-        """2 x MACs, plus elementwise work under ``flops="all"``."""
-        return 2 * self.macs + self.elementwise_flops
-
-    @property
-    def inclusive_flops(self) -> int:
-        return 2 * self.inclusive_macs + self.inclusive_elementwise_flops
+    def __getattr__(self, name: str) -> Any:
+        """``record.<figure>`` and ``record.inclusive_<figure>`` (aliases included)."""
+        if name.startswith("_") or name in ("own", "inclusive"):
+            raise AttributeError(name)
+        values, key = (self.inclusive, name[10:]) if name.startswith("inclusive_") else (self.own, name)
+        fig = lookup(key)
+        if fig is None:
+            raise AttributeError(f"{type(self).__name__} has no field or figure {name!r}")
+        return values.get(fig.name)
 
     @property
     def bytes_moved(self) -> int:
@@ -79,14 +72,16 @@ class LayerRecord:
     @property
     def arithmetic_intensity(self) -> float | None:
         """FLOPs (inclusive) per byte moved; None when nothing is moved."""
-        return self.inclusive_flops / self.bytes_moved if self.bytes_moved else None
+        flops = self.inclusive.get("flops")
+        return flops / self.bytes_moved if self.bytes_moved and flops is not None else None
 
     @property
     def achieved_gflops(self) -> float | None:
         """Inclusive FLOPs / the call's measured time, in GFLOP/s; None without timing."""
-        if not self.time_ms:
+        time_ms, flops = self.inclusive.get("time_ms"), self.inclusive.get("flops")
+        if not time_ms or flops is None:
             return None
-        return self.inclusive_flops / (self.time_ms * 1e-3) / 1e9
+        return flops / (time_ms * 1e-3) / 1e9
 
     def bound(self, peak_gflops: float, peak_gbytes_per_s: float) -> str | None:
         """Roofline verdict: "compute" when the intensity is at or above the ridge point
@@ -114,11 +109,14 @@ class LayerRecord:
         return record
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, every figure (own as ``name``, with descendants as ``inclusive_name``) and the
+        derived properties; shapes as lists."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("own", "inclusive")}
+        for name in FIGURES:
+            out[name] = self.own.get(name)
+            out[f"inclusive_{name}"] = self.inclusive.get(name)
         out["ops"] = [stat._asdict() for stat in self.ops]
         out["backward_ops"] = [stat._asdict() for stat in self.backward_ops]
-        out["flops"] = self.flops
-        out["inclusive_flops"] = self.inclusive_flops
         out["bytes_moved"] = self.bytes_moved
         out["arithmetic_intensity"] = self.arithmetic_intensity
         out["achieved_gflops"] = self.achieved_gflops
@@ -133,6 +131,7 @@ def _listed(shape: Any) -> Any:
 
 
 _DEFAULTS = {f.name: f.default for f in fields(LayerRecord) if f.default is not MISSING}
+_DEFAULTS.update({f.name: {} for f in fields(LayerRecord) if f.name in ("own", "inclusive")})
 _FIELDS = frozenset(f.name for f in fields(LayerRecord))
 
 

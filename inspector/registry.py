@@ -21,6 +21,7 @@ class Registry(Generic[K, F]):
         self.what = what
         self._table: dict[K, F] = {}
         self._by_type: dict[type, F | None] = {}  # lookup_type's answers; cleared on register
+        self.version = 0  # bumped by every change: what readers cache their derived tables by
 
     def register(self, *keys: K) -> Callable[[F], F]:
         def bind(fn: F) -> F:
@@ -29,8 +30,16 @@ class Registry(Generic[K, F]):
                     raise RegistryError(f"{self.what}: {key!r} is already registered")
                 self._table[key] = fn
             self._by_type.clear()
+            self.version += 1
             return fn
         return bind
+
+    def remove(self, key: K) -> F:
+        """Take ``key`` out (a plugin replacing an entry, a test's throwaway one); KeyError if absent."""
+        fn = self._table.pop(key)
+        self._by_type.clear()
+        self.version += 1
+        return fn
 
     @property
     def table(self) -> dict[K, F]:

@@ -1,18 +1,40 @@
-"""The report: totals, per-call records and what could not be counted. Rendering lives in ``formats``;
-nothing here recomputes counts. Per-call records are built on first access (``layers``)."""
+"""What ``inspect`` returns: plain, frozen data, complete when ``inspect`` returns.
+
+A :class:`Report` holds no module, no tensor and no builder: it can be pickled, sent to another
+process and kept after the model is gone. Its queries (``layer``, ``top``, ``crosscheck``,
+``total``, ``by_type``) work on the records alone; rendering goes through the registry of output
+formats (``inspector.output``), a pure function of this data.
+"""
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
-from inspector.build import RecordBuilder, Run
+from inspector import output
+from inspector.figures import Figure, all_figures, fold, lookup
 from inspector.op_formulas import MATMUL_LIKE
 from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
+from inspector.rows import Row, ranked_figure, rows, top_rows
+from inspector.units import human, size
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+
+@dataclass(frozen=True)
+class Run:
+    """What was run, as a report states it."""
+
+    model: str
+    device: str
+    dtype: str
+    mode: str
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtypes: tuple[str, ...] = ()
+    flops: str = "matmul"
+    notes: tuple[str, ...] = ()
+    backward: bool = False
 
 
 class CrossCheck(list):
@@ -35,14 +57,14 @@ class CrossCheck(list):
 
 @dataclass(frozen=True)
 class Timing:
-    """Whole-model timing of the timed passes; per-layer times sit on the records."""
+    """Whole-model timing of the timed passes; per-call times are the records' ``time_ms``."""
 
     device: str
     repeat: int
     warmup: int
     forward_ms: float          # median of plain forwards, no hooks
     hooked_forward_ms: float   # median of the timed (hooked) forwards
-    layer_sum_ms: float        # sum of every call's self-time (its time minus its children's)
+    layer_sum_ms: float        # sum of every call's own time (its time minus its children's)
     peak_gflops: float | None = None
     peak_gbytes_per_s: float | None = None
     peak_source: str | None = None  # "given" or "measured" (see timing.measure_peak)
@@ -91,8 +113,9 @@ class Training:
 
 @dataclass(frozen=True)
 class Report:
-    """What ``inspect`` found. ``layers`` is one record per module call, in execution order, built
-    from the model when first read (read it before changing the model; the totals are fixed at once)."""
+    """What ``inspect`` found: the run, the totals and one record per module call (execution order)."""
+
+    KIND = "report"
 
     run: Run
     total_params: int
@@ -108,7 +131,8 @@ class Report:
     timing: Timing | None = None
     training: Training | None = None
     leaf_calls: int = 0  # calls with no call inside them (layers, as a table's deepest rows)
-    builder: RecordBuilder | None = field(default=None, repr=False, compare=False)
+    layers: tuple[LayerRecord, ...] = ()
+    uncalled: tuple[tuple[str, int], ...] = ()  # top-most modules that never ran, with their parameters
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -134,11 +158,8 @@ class Report:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        """Where the input came from, what moved, and (records being built to know it) which closed
-        forms could not be checked."""
-        self._built  # noqa: B018 - building the records is what finds the closed-form notes
-        extra = tuple(self.builder.notes) if self.builder is not None else ()
-        return self.run.notes + extra
+        """Where the input came from, what moved, and which closed forms could not be checked."""
+        return self.run.notes
 
     # --- totals --------------------------------------------------------------------------------------
 
@@ -171,20 +192,19 @@ class Report:
         formula (a matmul-like name, or a custom operator), or a formula failed: totals are then low."""
         return self.ran and not self.uncounted_ops and not self.formula_errors
 
+    def measured(self, part: str) -> bool:
+        """Whether the part of the report that measures a figure ran (see ``inspector.figures``)."""
+        return {"": True, "forward": self.ran, "training": self.training is not None,
+                "timing": self.timing is not None}[part]
+
+    def total(self, name: str) -> Any:
+        """The total of any per-call figure (the sum of every call's own value; None if unmeasured)."""
+        fig = lookup(name)
+        if fig is None:
+            raise ValueError(f"no figure {name!r}; figures: {', '.join(f.name for f in all_figures())}")
+        return fold(r.own for r in self.layers).get(fig.name)
+
     # --- per call ------------------------------------------------------------------------------------
-
-    @cached_property
-    def _built(self) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...]]:
-        return self.builder.build() if self.builder is not None else ((), ())
-
-    @property
-    def layers(self) -> tuple[LayerRecord, ...]:
-        return self._built[0]
-
-    @property
-    def uncalled(self) -> tuple[tuple[str, int], ...]:
-        """Top-most modules that never ran as modules, with their parameter counts."""
-        return self._built[1]
 
     def layer(self, name: str, call: int = 0) -> LayerRecord:
         """The record of ``name``'s ``call``-th call ("" or "(model)" is the model itself)."""
@@ -197,13 +217,25 @@ class Report:
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise KeyError(f"no call {call} of layer {name!r} in this report{hint}")
 
-    def top(self, k: int = 10, by: str = "macs") -> list[LayerRecord]:
-        """The ``k`` calls doing the most of ``by`` themselves (``macs``, ``flops``, ``params``,
-        ``time``, ``backward_macs``, ``saved_bytes``); ``table(top=k, depth=d)`` ranks the rows shown
-        at a depth instead."""
-        from inspector.render import top_rows
+    def figure(self, by: str) -> Figure:
+        """The figure ``by`` names, checked to be one this report measured."""
+        fig = ranked_figure(by)
+        if not self.measured(fig.needs):
+            need = {"timing": "per-layer times: inspect with timing=True (--timing)",
+                    "training": "a training step: inspect with backward=True (--backward)",
+                    "forward": "a forward pass: give an input"}[fig.needs]
+            raise ValueError(f"ranking by {by} needs {need}")
+        return fig
 
-        return [row.record for row in top_rows(self, k, by)]
+    def top_rows(self, k: int, by: str = "macs", depth: int | None = None) -> list[Row]:
+        """The ``k`` rows shown at ``depth`` doing the most of ``by`` (see ``inspector.rows``)."""
+        return top_rows(self.layers, k, self.figure(by), depth)
+
+    def top(self, k: int = 10, by: str = "macs") -> list[LayerRecord]:
+        """The ``k`` calls doing the most of ``by`` themselves (any ranked figure: ``macs``, ``flops``,
+        ``params``, ``time_ms``, ``backward_macs``, ``saved_bytes``...); ``table(top=k, depth=d)``
+        ranks the rows shown at a depth instead."""
+        return [row.record for row in self.top_rows(k, by)]
 
     def op_totals(self) -> dict[str, OpStat]:
         """Every aten op of the forward, summed over layers, largest MAC count first."""
@@ -221,13 +253,13 @@ class Report:
         for r in self.layers:
             if r.expected_macs is not None:
                 checked += 1
-                own = r.inclusive_macs - r.hook_macs
+                own = r.inclusive_macs - r.inclusive_hook_macs
                 if r.expected_macs != own:
                     problems.append(Mismatch(r.label, r.type, "macs", own, r.expected_macs))
             if r.expected_params is not None and r.call == 0 and r.expected_params != r.module_params:
                 problems.append(Mismatch(r.label, r.type, "params", r.module_params, r.expected_params))
             if r.expected_backward_macs is not None and r.inclusive_backward_macs is not None:
-                own_bw = r.inclusive_backward_macs - (r.recompute_macs or 0)  # recomputation is forward work
+                own_bw = r.inclusive_backward_macs - (r.inclusive_recompute_macs or 0)  # recomputation: forward work
                 if r.expected_backward_macs != own_bw:
                     problems.append(Mismatch(r.label, r.type, "backward_macs", own_bw, r.expected_backward_macs))
         if not self.ran:
@@ -248,11 +280,11 @@ class Report:
             return []
         rows = []
         for r in self.layers:
-            if not r.is_leaf or r.time_ms is None:
+            if not r.is_leaf or r.inclusive_time_ms is None:
                 continue
             row: dict[str, Any] = {"layer": r.label, "type": r.type, "flops": r.inclusive_flops,
                                    "bytes": r.bytes_moved, "intensity": r.arithmetic_intensity,
-                                   "time_ms": r.time_ms, "gflops": r.achieved_gflops, "bound": None,
+                                   "time_ms": r.inclusive_time_ms, "gflops": r.achieved_gflops, "bound": None,
                                    "roof_gflops": None}
             if t.ridge is not None and r.arithmetic_intensity is not None:
                 row["bound"] = r.bound(t.peak_gflops, t.peak_gbytes_per_s)  # type: ignore[arg-type]
@@ -260,36 +292,73 @@ class Report:
             rows.append(row)
         return rows
 
-    # --- rendering (see inspector.formats) -------------------------------------------------------------
+    # --- rendering (a pure function of the data, through inspector.output) --------------------------
 
     def summary_line(self) -> str:
         """One line: "resnet50: 25.6 M params, 4.09 GMACs, 8.18 GFLOPs, 102 MB"."""
-        from inspector.render import summary_line
-
-        return summary_line(self)
-
-    def table(self, depth: int | None = None, tablefmt: str = "simple", *, columns: Iterable[str] | None = None,
-              exact: bool = False, timing: bool | None = None, top: int | None = None, by: str = "macs") -> str:
-        """The per-layer table: ``depth`` levels of the call tree (or the ``top`` calls by ``by``),
-        ``columns`` from ``inspector.render.COLUMNS`` (like torchinfo's col_names), readable units
-        unless ``exact``."""
-        from inspector.render import render_report
-
-        return render_report(self, depth=depth, tablefmt=tablefmt, columns=columns, exact=exact, timing=timing,
-                             top=top, by=by)
+        parts = [f"{human(self.total_params)} params"]
+        if self.ran:
+            parts += [f"{human(self.total_macs, 'MACs')}", f"{human(self.total_flops, 'FLOPs')}"]
+        if self.training is not None:
+            parts.append(f"backward {human(self.total_backward_macs, 'MACs')}")
+        parts.append(size(self.param_bytes))
+        flag = "" if self.complete else (" (incomplete: uncounted ops)" if self.ran else " (not run: parameters only)")
+        return f"{self.model}: " + ", ".join(parts) + flag
 
     def render(self, fmt: str = "table", **options: Any) -> str:
         """The report in an output format: ``table``, ``markdown``, ``json``, ``csv``, ``html``."""
-        from inspector.formats import render
+        return output.render(self, fmt, **options)
 
-        return render(self, fmt, **options)
+    def table(self, depth: int | None = None, tablefmt: str = "simple", **options: Any) -> str:
+        """The per-layer table: ``depth`` levels of the call tree (or the ``top`` calls by ``by``),
+        ``columns`` (like torchinfo's col_names), readable units unless ``exact``."""
+        return output.render(self, "table", depth=depth, tablefmt=tablefmt, **options)
 
-    def to_dict(self, depth: int | None = None) -> dict[str, Any]:
-        """JSON-serialisable form (docs/json-schema.md); ``depth`` keeps calls up to that depth, each
-        with its hidden descendants' figures folded in."""
-        from inspector.formats import report_dict
+    def shown_rows(self, depth: int | None = None, top: int | None = None, by: str = "macs") -> list[Row]:
+        """The rows every format shows: the call tree to ``depth``, or its ``top`` rows by ``by``."""
+        return self.top_rows(top, by, depth) if top is not None else rows(self.layers, depth)
 
-        return report_dict(self, depth)
+    def to_dict(self, depth: int | None = None, top: int | None = None, by: str = "macs") -> dict[str, Any]:
+        """JSON-serialisable form (docs/json-schema.md): every field as exact numbers; ``depth`` keeps
+        calls up to that depth (``top`` the calls doing the most of ``by``), each with its hidden
+        descendants' figures folded into its row."""
+        shown = self.shown_rows(depth, top, by)
+        own = {row.record.index: row for row in shown if row.kind == "own"}
+        layers = []
+        for row in shown:
+            if row.kind == "own":
+                continue
+            entry = row.record.to_dict()
+            summed = own.get(row.record.index) if row.kind == "container" else row
+            entry["row_kind"] = row.kind
+            entry["folded_params"] = summed.params if summed is not None else 0
+            entry["folded_macs"] = summed.macs if summed is not None else 0
+            layers.append(entry)
+        t, tr = self.timing, self.training
+        return {
+            "schema_version": SCHEMA_VERSION, "model": self.model, "summary": self.summary_line(),
+            "device": self.device, "dtype": self.dtype, "mode": self.mode, "flops_convention": self.run.flops,
+            "input_shapes": [list(s) for s in self.input_shapes], "input_dtypes": list(self.run.input_dtypes),
+            "depth": depth, "top": None if top is None else {"k": top, "by": by}, "complete": self.complete,
+            "totals": {
+                "params": self.total_params, "trainable_params": self.trainable_params,
+                "frozen_params": self.frozen_params, "buffer_elements": self.buffer_elements,
+                "param_bytes": self.param_bytes, "buffer_bytes": self.buffer_bytes, "macs": self.total_macs,
+                "flops": self.total_flops, "elementwise_flops": self.elementwise_flops,
+                "peak_activation_bytes": self.peak_activation_bytes, "backward_macs": self.total_backward_macs,
+            },
+            "figure_totals": fold(r.own for r in self.layers),
+            "layers": layers,
+            "uncounted_ops": dict(self.uncounted_ops),
+            "formula_errors": dict(self.formula_errors),
+            "uncalled_modules": [{"name": n, "params": p} for n, p in self.uncalled],
+            "notes": list(self.notes),
+            "timing": None if t is None else {**vars(t), "ridge": t.ridge, "distortion": t.distortion},
+            "training": None if tr is None else {
+                "loss": tr.loss, "optimizer": tr.optimizer, "autocast": tr.autocast,
+                "backward_macs": tr.total_backward_macs, "backward_flops": tr.total_backward_flops,
+                "memory": tr.memory.to_dict()},
+        }
 
     def to_csv(self, depth: int | None = None) -> str:
         return self.render("csv", depth=depth)
@@ -298,7 +367,7 @@ class Report:
         return self.table()
 
     def __repr__(self) -> str:
-        calls = f", {len(self.layers)} calls" if self.builder is not None or self._built[0] else ""
+        calls = f", {len(self.layers)} calls" if self.ran else ""
         return f"<Report {self.summary_line()}{calls}>"
 
     def _repr_html_(self) -> str:

@@ -9,14 +9,17 @@ times; it never writes into the counting pass's frames.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from inspector.collect import Collector
 from inspector.report import Timing
 from inspector.tree import ModelTree
 
@@ -24,6 +27,7 @@ from inspector.tree import ModelTree
 _MATMUL_SIDE = {"cpu": 1024, "cuda": 8192}
 _COPY_BYTES = {"cpu": 128 << 20, "cuda": 2 << 30}
 _PEAKS: dict[tuple[str, torch.dtype], tuple[float, float]] = {}
+_RAISED = object()
 
 
 class Clock:
@@ -110,13 +114,13 @@ def with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: to
 
 
 def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: int, warmup: int,
-               device: torch.device, on_error: Callable[[Collector | None, Exception], Exception] | None = None
+               device: torch.device, on_error: Callable[[nn.Module | None, Exception], Exception] | None = None
                ) -> tuple[tuple[float | None, ...], Timing]:
     """Median per-call times (seconds, in collection order) over ``repeat`` hooked passes of
     ``run`` after ``warmup``, and the median of plain passes beside them, so that the distortion the
     hooks add is visible. ``calls`` is the number of calls the counted pass made; a timed pass whose
     calls differ (control flow) cannot be matched and is left out. A pass that raises is turned into
-    ``on_error(collector, exc)`` (the collector of a hooked pass names the layer)."""
+    ``on_error(module, exc)`` (the module whose call raised, in a hooked pass)."""
     clock = clock_for(device)
     per_call: list[list[float]] = [[] for _ in range(calls)]
     plain: list[float] = []
@@ -130,7 +134,7 @@ def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: i
     except _Failed as failed:
         if on_error is None:
             raise failed.exc from None
-        raise on_error(failed.collector, failed.exc) from failed.exc
+        raise on_error(failed.module, failed.exc) from failed.exc
     except Exception as exc:
         if on_error is None:
             raise
@@ -143,24 +147,63 @@ def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: i
 
 
 class _Failed(Exception):
-    def __init__(self, collector: Collector, exc: Exception) -> None:
+    def __init__(self, module: nn.Module | None, exc: Exception) -> None:
         super().__init__(str(exc))
-        self.collector, self.exc = collector, exc
+        self.module, self.exc = module, exc
+
+
+class _Marks:
+    """Two process-wide module hooks taking a clock mark at the start and end of every call of the
+    model's modules (this thread only), in call order: what a timed pass records, nothing more."""
+
+    def __init__(self, tree: ModelTree, clock: Clock) -> None:
+        self.names = tree.first_names
+        self.clock = clock
+        self.marks: list[list[Any]] = []
+        self.open: list[list[Any]] = []
+        self.stack: list[Any] = []  # the innermost call, for a failure's name
+        self.failed: Any = None
+        self._thread = threading.get_ident()
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        if id(module) in self.names and threading.get_ident() == self._thread:
+            mark = [self.clock.mark(), None, module]
+            self.marks.append(mark)
+            self.open.append(mark)
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: Any = None, output: Any = _RAISED) -> None:
+        end = self.clock.mark()
+        if id(module) not in self.names or threading.get_ident() != self._thread or not self.open:
+            return
+        mark = self.open.pop()
+        mark[1] = end
+        if output is _RAISED and self.failed is None:
+            self.failed = module
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        handles = [register_module_forward_pre_hook(self._pre),
+                   register_module_forward_hook(self._post, with_kwargs=True, always_call=True)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def _hooked(tree: ModelTree, run: Callable[[], object], clock: Clock, calls: int, repeat: int, warmup: int,
             per_call: list[list[float]]) -> list[float]:
     hooked: list[float] = []
     for i in range(warmup + repeat):
-        collector = Collector(tree, timer=clock.mark, capture=False)
+        marks = _Marks(tree, clock)
         try:
-            with collector.hooks():
+            with marks.hooks():
                 elapsed = _timed(run, clock)
         except Exception as exc:
-            raise _Failed(collector, exc) from exc
-        if i < warmup or len(collector.marks) != calls:
+            raise _Failed(marks.failed or (marks.open[-1][2] if marks.open else None), exc) from exc
+        if i < warmup or len(marks.marks) != calls:
             continue
         hooked.append(elapsed)
-        for j, (start, end) in enumerate(collector.marks):
+        for j, (start, end, _) in enumerate(marks.marks):
             per_call[j].append(clock.seconds(start, end) if end is not None else 0.0)
     return hooked

@@ -24,38 +24,17 @@ import torch
 from torch import nn
 
 from inspector.borrow import substitute_state
-from inspector.build import merge_outside
-from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
+from inspector.collect import Collection, Collector, Frame, OpCounter, Sink, tensor_leaves
 from inspector.errors import InputError, InspectorError
+from inspector.optimizers import OPTIMIZERS
 from inspector.report import Training, TrainingMemory
 from inspector.tree import ModelTree
-
-OPTIMIZERS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
-    "sgd": lambda params: torch.optim.SGD(params, lr=1e-3),
-    "momentum": lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9),
-    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
-    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3),
-}
-
-
-def check_optimizer(optimizer: Any) -> None:
-    """A name, a torch.optim.Optimizer class, or a factory ``params -> optimizer``."""
-    if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, a torch.optim.Optimizer class or a "
-                             f"factory, got {optimizer!r}")
-    elif isinstance(optimizer, torch.optim.Optimizer):
-        raise InputError("pass the optimizer's class or a factory (params -> optimizer), not an optimizer built on "
-                         "the model's own parameters: the step runs on copies")
-    elif not callable(optimizer):
-        raise InputError(f"optimizer must be a name, a class or a factory, got {optimizer!r}")
-
 
 def _make_optimizer(optimizer: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     if not params:
         raise InputError("the model has no trainable parameter for the optimizer to update (all frozen?)")
     try:
-        built = OPTIMIZERS[optimizer](params) if isinstance(optimizer, str) else optimizer(params)
+        built = OPTIMIZERS.get(optimizer)(params) if isinstance(optimizer, str) else optimizer(params)
     except Exception as exc:  # noqa: BLE001 - a factory's own error, said in one line
         raise InputError(f"the optimizer could not be built: {type(exc).__name__}: {exc}") from None
     if not isinstance(built, torch.optim.Optimizer):
@@ -92,16 +71,27 @@ def default_loss(output: Any) -> torch.Tensor:
 
 
 class BackwardTracker:
-    """Pushes a forward call's frame on the counter's backward stack when its output's gradient
-    arrives and takes it off when its inputs' gradients are done; claims recomputed calls."""
+    """The route of the backward pass (see ``OpCounter.routed``): pushes a forward call's frame on
+    its stack when its output's gradient arrives and takes it off when its inputs' gradients are
+    done; claims recomputed calls (``Collector.redirected``)."""
 
-    def __init__(self, counter: OpCounter, collector: Collector) -> None:
-        self.counter = counter
+    backward = True
+
+    def __init__(self, collector: Collector) -> None:
         self.collector = collector
+        self.stack: list[Frame] = []
+        self.recomputed_now: set[int] = set()  # frames whose forward is being recomputed (checkpointing)
         self.handles: list[Any] = []
         self.recomputed: dict[int, int] = {}  # id(module) -> calls recomputed so far
         self.by_module: dict[int, list[Frame]] = {}
         self.open: list[tuple[Frame, bool]] = []  # recomputed calls in progress: (frame, pushed)
+
+    def frame(self) -> Frame | None:
+        """The innermost call whose backward is running (None: outside every call)."""
+        return self.stack[-1] if self.stack else None
+
+    def recomputing(self, frame: Frame | None) -> bool:
+        return frame is not None and frame.index in self.recomputed_now
 
     # forward: register the gradient hooks of each call
     def after_call(self, frame: Frame, args: tuple, kwargs: dict | None, output: Any) -> None:
@@ -126,7 +116,7 @@ class BackwardTracker:
     def _push(self, frame: Frame) -> None:
         """Open ``frame``'s backward. Calls sharing one output (a model returning its last layer's
         output) open together: each goes below its descendants, so the innermost stays on top."""
-        stack = self.counter.bw_stack
+        stack = self.stack
         while stack and stack[-1] is not frame and not self._ancestor(stack[-1], frame) \
                 and not self._ancestor(frame, stack[-1]):
             stack.pop()  # an unrelated call whose inputs needed no gradient: its backward is over
@@ -138,7 +128,7 @@ class BackwardTracker:
         stack.insert(i, frame)
 
     def _pop(self, frame: Frame) -> None:
-        stack = self.counter.bw_stack
+        stack = self.stack
         for i in range(len(stack) - 1, -1, -1):
             if stack[i] is frame:
                 del stack[i:]
@@ -152,8 +142,8 @@ class BackwardTracker:
         frame = frames[k] if k < len(frames) else None
         pushed = frame is not None
         if pushed:
-            self.counter.bw_stack.append(frame)
-            self.counter.recomputing.add(frame.index)
+            self.stack.append(frame)
+            self.recomputed_now.add(frame.index)
         self.open.append((frame, pushed))  # type: ignore[arg-type]
 
     def post(self, module: nn.Module) -> None:
@@ -161,7 +151,7 @@ class BackwardTracker:
             return
         frame, pushed = self.open.pop()
         if pushed:
-            self.counter.recomputing.discard(frame.index)
+            self.recomputed_now.discard(frame.index)
             self._pop(frame)
 
     def remove(self) -> None:
@@ -228,9 +218,11 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Te
 
 
 def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
-               opts: Any, target: torch.device, on_error: Callable[[Exception, str], InspectorError]
+               opts: Any, target: torch.device, on_error: Callable[[Exception, str, Frame | None], InspectorError]
                ) -> tuple[Collection, Training]:
-    """Forward, backward and optimizer step on copies of the model's tensors, counted and measured."""
+    """Forward, backward and optimizer step on copies of the model's tensors, counted and measured.
+    ``on_error(exc, phase, frame)`` turns a failure into the error to raise (``frame``: the call
+    whose backward was running)."""
     if opts.autocast is not None and target.type == "meta":
         raise InputError("autocast needs a real device (cpu or cuda); on meta, pass dtype='bfloat16' instead")
     model = tree.model
@@ -241,19 +233,13 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
     loss_fn = opts.loss_fn or default_loss
     autocast = (lambda: torch.autocast(target.type, dtype=opts.autocast)) if opts.autocast is not None else nullcontext
     optimizer = _make_optimizer(opts.optimizer, params) if opts.optimizer is not None else None
-
-    loss_frame = Frame(-3, nn.Identity(), "(loss)", 0, None)
+    loss_sink = Sink(Frame(-3, nn.Identity(), "(loss)", 0, None))  # the loss is not the model's work
 
     def step(counting: OpCounter | None = None) -> Any:
         with autocast():
             output = torch.func.functional_call(model, copies, args, kw, tie_weights=True, strict=False)
-            if counting is not None:
-                counting.sink = loss_frame  # the loss is not the model's work
-            try:
+            with counting.routed(loss_sink) if counting is not None else nullcontext():
                 return output, loss_fn(output)
-            finally:
-                if counting is not None:
-                    counting.sink = None
 
     if optimizer is not None:  # warm-up, uncounted: the optimizer state every later step starts with
         guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False,
@@ -267,63 +253,54 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
         except InspectorError:
             raise
         except Exception as exc:
-            raise on_error(exc, "the warm-up step") from exc
+            raise on_error(exc, "the warm-up step", None) from exc
     inputs = tensor_leaves((args, kw))
     opt_state = _optimizer_tensors(optimizer)
     saved = SavedActivations(collector, _storage_keys(all_params + buffers + inputs))
-    tracker = BackwardTracker(counter, collector)
-    collector.on_post.append(tracker.after_call)
+    tracker = BackwardTracker(collector)
     baseline = _unique_bytes(all_params + buffers + inputs + opt_state)
     live = counter.live
     try:
         with collector.hooks(), counter:
-            live.phase = "forward"
             try:
-                with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                with collector.observing(tracker.after_call), \
+                        torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
                     output, loss = step(counter)
             except InspectorError:
                 raise
             except Exception as exc:
-                raise on_error(exc, "forward") from exc
+                raise on_error(exc, "forward", None) from exc
             forward_peak = live.peak
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise InputError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
-            collector.on_post.remove(tracker.after_call)
-            collector.redirect = tracker
-            counter.backward = True
-            live.phase = "backward"
+            live.enter("backward")
             try:
-                loss.backward()
+                with counter.routed(tracker), collector.redirected(tracker):
+                    loss.backward()
             except InspectorError:
                 raise
             except Exception as exc:
-                raise on_error(exc, "backward") from exc
-            finally:
-                counter.backward = False
-                collector.redirect = None
-                counter.bw_stack.clear()
+                raise on_error(exc, "backward", tracker.frame()) from exc
             del output, loss
             grads = [p.grad for p in params if p.grad is not None]
             gradient_bytes = _unique_bytes(grads)
             if optimizer is not None:
-                live.phase = "optimizer"
-                counter.sink = Frame(-2, nn.Identity(), "(optimizer)", 0, None)  # not the model's work
+                live.enter("optimizer")
                 try:
-                    optimizer.step()
+                    with counter.routed(Sink(Frame(-2, nn.Identity(), "(optimizer)", 0, None))):
+                        optimizer.step()
                 except Exception as exc:
-                    raise on_error(exc, "the optimizer step") from exc
-                finally:
-                    counter.sink = None
+                    raise on_error(exc, "the optimizer step", None) from exc
     finally:
         tracker.remove()
     collection = collector.collection(counter, peak_bytes=forward_peak)
-    merge_outside(collection)
     memory = TrainingMemory(parameters=_unique_bytes(all_params),
                             gradients=gradient_bytes, optimizer_state=_unique_bytes(_optimizer_tensors(optimizer)),
                             activations=saved.total, peak=baseline + live.peak, inputs=_unique_bytes(inputs),
                             buffers=_unique_bytes(buffers), peak_phase=live.peak_phase)
-    bw_macs = sum(f.bw_macs for f in collection.frames)
-    bw_flops = 2 * bw_macs + sum(f.bw_flops for f in collection.frames)
+    every = (*collection.frames, collection.outside)
+    bw_macs = sum(f.bw_macs for f in every)
+    bw_flops = 2 * bw_macs + sum(f.bw_flops for f in every)
     loss_name = getattr(opts.loss_fn, "__name__", type(opts.loss_fn).__name__) if opts.loss_fn else "sum of outputs"
     autocast_name = str(opts.autocast).replace("torch.", "") if opts.autocast is not None else None
     return collection, Training(loss=loss_name, optimizer=_optimizer_name(opts.optimizer), total_backward_macs=bw_macs,

@@ -230,7 +230,7 @@ def test_weight_norm_and_spectral_norm_are_no_false_alarms():
         for mode in ("eval", "train"):
             report = inspect(model, torch.randn(2, 4), mode=mode)
             assert report.crosscheck() == [], (make, mode, report.crosscheck())
-            assert report.layer("0").inclusive_macs - report.layer("0").hook_macs == 2 * 16
+            assert report.layer("0").inclusive_macs - report.layer("0").inclusive_hook_macs == 2 * 16
 
 
 @torch.library.custom_op("inspector_test::project", mutates_args=())

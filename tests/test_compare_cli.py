@@ -41,7 +41,7 @@ def test_cli_summary_json():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["totals"]["params"] == 25_557_032 and data["totals"]["flops"] == 2 * data["totals"]["macs"]
-    assert data["schema_version"] == 2 and data["layers"][0]["name"] == ""
+    assert data["schema_version"] == 3 and data["layers"][0]["name"] == ""
 
 
 def test_cli_summary_input_size_and_depth():

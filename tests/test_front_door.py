@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from inspector import inspect
-from inspector.render import rows
+from inspector.rows import rows
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 

@@ -8,6 +8,8 @@ Register a new source with ``@model_source("prefix")`` on a class implementing :
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -73,13 +75,20 @@ class BuildOptions:
 
 
 class Source(Protocol):
-    """One family of names."""
+    """One family of names. ``lists``: whether ``names`` lists them (sources building from paths or
+    configs list none); ``families``: the groups ``names(family)`` takes."""
 
     description: str
+    lists: bool
+    families: tuple[str, ...]
 
     def build(self, name: str, options: BuildOptions) -> ModelSpec: ...
 
     def names(self, family: str | None = None) -> list[str]: ...
+
+    def catalogue(self, family: str | None = None) -> list[dict[str, Any]]:
+        """One entry per name: ``name`` and whatever the source publishes about it."""
+        ...
 
 
 SOURCES: Registry[str, Source] = Registry("model source")
@@ -88,7 +97,8 @@ SOURCES: Registry[str, Source] = Registry("model source")
 def model_source(prefix: str) -> Callable[[type], type]:
     """Class decorator: register an instance of the class as the source for ``prefix:name``."""
     def register(cls: type) -> type:
-        SOURCES.register(prefix)(cls())
+        if prefix not in SOURCES:  # a module imported twice (by discovery and by name) registers once
+            SOURCES.register(prefix)(cls())
         return cls
     return register
 
@@ -131,10 +141,27 @@ def closest(name: str, known: list[str], what: str) -> UnknownModelError:
     return UnknownModelError(f"unknown {what} {name!r}{hint}")
 
 
+def source(prefix: str) -> Source:
+    """The source registered for ``prefix``."""
+    _ensure_builtin()
+    found = SOURCES.get(prefix)
+    if found is None:
+        raise UnknownModelError(f"unknown model source {prefix!r}; known: {', '.join(SOURCES)}")
+    return found
+
+
+def listing_sources() -> list[str]:
+    """The prefixes of the sources that list their names (``inspector list --source``)."""
+    _ensure_builtin()
+    return [prefix for prefix in SOURCES if SOURCES.get(prefix).lists]  # type: ignore[union-attr]
+
+
 def _ensure_builtin() -> None:
-    """Register the built-in sources (each imports its library only when a name of it is built)."""
-    from inspector.sources import hf, python, timm_source, torchvision_source  # noqa: F401
+    """Register the sources of this package: every module in it, imported once (each imports its
+    library only when a name of it is built)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
-__all__ = ["BuildOptions", "ModelSpec", "Published", "SOURCES", "Source", "closest", "list_names", "load",
-           "model_source", "split"]
+__all__ = ["BuildOptions", "ModelSpec", "Published", "SOURCES", "Source", "closest", "list_names", "listing_sources",
+           "load", "model_source", "source", "split"]

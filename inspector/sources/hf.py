@@ -84,5 +84,11 @@ class HuggingFaceSource:
         return ModelSpec(name=f"hf:{label}", module=model, args=(), kwargs=example_inputs(model, config, options),
                          device=str(device))
 
+    lists = False
+    families: tuple[str, ...] = ()
+
     def names(self, family: str | None = None) -> list[str]:
+        return []
+
+    def catalogue(self, family: str | None = None) -> list[dict[str, Any]]:
         return []

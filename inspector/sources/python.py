@@ -118,5 +118,11 @@ class PythonSource:
             raise InspectorError(f"{label} has no example_input(batch=...): give its input with --input-size")
         return ModelSpec(name=label, module=module)
 
+    lists = False
+    families: tuple[str, ...] = ()
+
     def names(self, family: str | None = None) -> list[str]:
+        return []
+
+    def catalogue(self, family: str | None = None) -> list[dict[str, Any]]:
         return []

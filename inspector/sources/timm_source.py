@@ -35,5 +35,11 @@ class TimmSource:
             x = torch.randn((options.batch or 1, *cfg.get("input_size", (3, 224, 224))), device=device)
         return ModelSpec(name=f"timm:{name}", module=model, args=(x,), device=str(device))
 
+    lists = True
+    families: tuple[str, ...] = ()
+
     def names(self, family: str | None = None) -> list[str]:
         return list(_timm().list_models())
+
+    def catalogue(self, family: str | None = None) -> list[dict[str, Any]]:
+        return [{"name": name} for name in self.names(family)]

@@ -160,6 +160,26 @@ class _ParametersOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: In-place ops that write values only (shape, strides and dtype unchanged): all that initialisation
+#: does, and nothing on the meta device, which holds no values.
+_VALUE_WRITES = frozenset({"normal_", "uniform_", "zero_", "fill_", "erfinv_", "mul_", "add_", "sub_", "div_", "clamp_",
+                           "copy_", "exponential_", "bernoulli_", "random_", "log_normal_", "cauchy_", "geometric_",
+                           "masked_fill_", "addcmul_", "addcdiv_"})
+
+
+class _NoValuesOnMeta(TorchFunctionMode):
+    """Skip the value writes of weight initialisation on meta tensors (an in-place op on a meta tensor
+    returns it unchanged, but torch runs the ops' Python references to find that out: most of the
+    time of building a model on meta)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if (name in _VALUE_WRITES or (getattr(func, "__module__", None) == "torch.nn.init" and name.endswith("_"))) \
+                and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]  # (torch.nn.init's functions: the initialisers, which write values only)
+        return func(*args, **(kwargs or {}))
+
+
 def _freeze_batchnorm(module: nn.Module) -> None:
     """Replace BatchNorm2d by FrozenBatchNorm2d in place (our own freshly built model only)."""
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -186,7 +206,7 @@ def _build_raw(name: str, device: torch.device) -> nn.Module:
     kwargs = builder_kwargs(name)
     if device.type == "meta" and entry(name).family != "quantization":
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), _NoValuesOnMeta():
                 return builder(**kwargs)
         except (NotImplementedError, RuntimeError):  # regnet computes on tensors while building
             with _ParametersOnMeta():
@@ -235,8 +255,15 @@ class TorchvisionSource:
         return ModelSpec(name=name, module=module, args=args, published=entry(name).published(), device=str(device),
                          notes=notes)
 
+    lists = True
+    families = FAMILIES
+
     def names(self, family: str | None = None) -> list[str]:
         return list_names(family)
+
+    def catalogue(self, family: str | None = None) -> list[dict[str, Any]]:
+        return [{"name": n, "family": entry(n).family, "num_params": entry(n).num_params, "gmacs": entry(n).gmacs,
+                 "input": "x".join(map(str, entry(n).input_size))} for n in list_names(family)]
 
 
 __all__ = ["FAMILIES", "ZooEntry", "build_device", "builder_kwargs", "check_name", "entry", "example_inputs",

@@ -1,0 +1,166 @@
+"""The per-call figures: one description each, read by everything that shows or sums a figure.
+
+A :class:`Figure` says how one per-call number is measured (from a call as the passes collected it)
+or derived (from the other figures of the same call), which part of a report measures it, how it
+folds into the calls above it and into the totals, and how it is shown: header, unit, a share
+column, a ranking. The records, the table rows at any depth, the totals, ``columns=``, ``top(by=)``,
+the CSV and JSON fields and the command line's choices all read this registry, so adding a figure
+is one entry here (or a ``register(Figure(...))`` anywhere) plus the code that measures it.
+
+The parts a report may have measured (``needs``): ``""`` always (parameters), ``"forward"`` (the
+model ran), ``"training"`` (a training step) and ``"timing"`` (timed passes). A figure whose part
+was not measured is None everywhere, never 0.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inspector.registry import Registry
+
+Value = Any  # int, float or None
+Measure = Callable[[Any], Value]
+Derive = Callable[[Mapping[str, Value]], Value]
+UNITS = ("count", "bytes", "ms")
+PARTS = ("", "forward", "training", "timing")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One per-call figure. Exactly one of ``measure`` and ``derive`` is given."""
+
+    name: str
+    header: str
+    unit: str = "count"
+    needs: str = "forward"
+    measure: Measure | None = None   # call -> value (see build.Call)
+    derive: Derive | None = None     # the call's other figures -> value (never folded: derived again)
+    share: bool = False              # a "<name>_pct" column: its share of the total
+    rank: bool = True                # top(by=name) ranks by it
+    column: bool = True              # a table column
+    default: bool | Callable[[Any], bool] = False  # in the default table (a function of the report)
+    aliases: tuple[str, ...] = ()    # other names accepted for its column and ranking
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.measure is None) == (self.derive is None):
+            raise ValueError(f"figure {self.name!r}: give exactly one of measure and derive")
+        if self.unit not in UNITS:
+            raise ValueError(f"figure {self.name!r}: unit must be one of {UNITS}")
+        if self.needs not in PARTS:
+            raise ValueError(f"figure {self.name!r}: needs must be one of {PARTS}")
+
+
+FIGURES: Registry[str, Figure] = Registry("figure")
+
+
+def register(fig: Figure) -> Figure:
+    """Add ``fig`` to the registry (a name already taken is refused)."""
+    FIGURES.register(fig.name)(fig)  # type: ignore[arg-type]
+    return fig
+
+
+_CACHE: dict[int, tuple[tuple[Figure, ...], frozenset[str], tuple[Figure, ...]]] = {}
+
+
+def _tables() -> tuple[tuple[Figure, ...], frozenset[str], tuple[Figure, ...]]:
+    """Every figure, the names of the derived ones and the derived ones, for the registry as it is
+    now (worked out once per change of the registry: folding runs once per call of a model)."""
+    found = _CACHE.get(FIGURES.version)
+    if found is None:
+        _CACHE.clear()
+        figures = tuple(FIGURES.table.values())
+        derived = tuple(f for f in figures if f.derive is not None)
+        found = _CACHE[FIGURES.version] = (figures, frozenset(f.name for f in derived), derived)
+    return found
+
+
+def all_figures() -> tuple[Figure, ...]:
+    return _tables()[0]
+
+
+def lookup(name: str) -> Figure | None:
+    """The figure called ``name`` or one of its aliases."""
+    found = FIGURES.get(name)
+    if found is None:
+        found = next((f for f in all_figures() if name in f.aliases), None)
+    return found
+
+
+def measured(calls: Iterable[Any], has: Callable[[str], bool]) -> list[dict[str, Value]]:
+    """Each call's measured figures (None where the part that measures one did not run)."""
+    active = [(f.name, f.measure) for f in all_figures() if f.measure is not None and has(f.needs)]
+    idle = {f.name: None for f in all_figures() if f.measure is not None and not has(f.needs)}
+    return [{**idle, **{name: fn(call) for name, fn in active}} for call in calls]
+
+
+def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
+    """The sum of several calls' figures, derived ones derived again from the sums (None where none
+    of the calls has a value)."""
+    derived = _tables()[1]
+    total: dict[str, Value] = {}
+    for values in parts:
+        for name, value in values.items():
+            if name in derived:
+                continue
+            if value is None:
+                total.setdefault(name, None)
+            elif total.get(name) is None:
+                total[name] = value
+            else:
+                total[name] += value
+    return complete(total)
+
+
+def complete(values: Mapping[str, Value]) -> dict[str, Value]:
+    """``values`` with every derived figure added (derived from the measured ones, in registry order)."""
+    out = _Values(values)
+    for f in _tables()[2]:
+        out[f.name] = f.derive(out)
+    return dict(out)
+
+
+class _Values(dict):
+    """A figure missing from a mapping reads as None (not measured)."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def _add(*terms: Value, scale: int = 1) -> Value:
+    """``scale * terms[0] + terms[1:]``; None when the first term is None."""
+    if terms[0] is None:
+        return None
+    return scale * terms[0] + sum(t or 0 for t in terms[1:])
+
+
+# --- the built-in figures ----------------------------------------------------------------------------
+
+register(Figure("params", "Params", needs="", measure=lambda call: call.params, share=True, default=True,
+                description="parameters first counted at this call (a shared tensor once)"))
+register(Figure("trainable_params", "Trainable", needs="", measure=lambda call: call.trainable_params,
+                description="the trainable part of params"))
+register(Figure("macs", "MACs", measure=lambda call: call.frame.macs, share=True, default=True,
+                description="multiply-accumulates of matmul-like ops run inside this call"))
+register(Figure("elementwise_flops", "Elementwise FLOPs", measure=lambda call: call.frame.flops, column=False,
+                rank=False, description="the FLOP convention's elementwise work (0 under 'matmul')"))
+register(Figure("flops", "FLOPs", derive=lambda v: _add(v["macs"], v["elementwise_flops"], scale=2),
+                default=lambda report: report.run.flops != "matmul",
+                description="2 x MACs, plus elementwise work under flops='all'"))
+register(Figure("hook_macs", "Hook MACs", measure=lambda call: call.hook_macs, column=False, rank=False,
+                description="work of pre-hooks and parametrizations: not the layer's own formula"))
+register(Figure("time_ms", "Time ms", unit="ms", needs="timing", measure=lambda call: call.time_ms, share=True,
+                default=True, aliases=("time",), description="time of the call itself (its children's taken off)"))
+register(Figure("backward_macs", "Bwd MACs", needs="training", measure=lambda call: call.frame.bw_macs,
+                default=True, description="multiply-accumulates of the backward ops this call's backward ran"))
+register(Figure("backward_elementwise_flops", "Bwd elementwise FLOPs", needs="training",
+                measure=lambda call: call.frame.bw_flops, column=False, rank=False,
+                description="the FLOP convention's elementwise work in backward"))
+register(Figure("backward_flops", "Bwd FLOPs",
+                derive=lambda v: _add(v["backward_macs"], v["backward_elementwise_flops"], scale=2),
+                description="2 x backward MACs, plus elementwise work under flops='all'"))
+register(Figure("saved_bytes", "Saved act.", unit="bytes", needs="training", measure=lambda call: call.frame.saved_bytes,
+                default=True, aliases=("saved",), description="activations autograd saved for backward in this call"))
+register(Figure("recompute_macs", "Recompute MACs", needs="training", measure=lambda call: call.frame.recompute_macs,
+                description="forward work recomputed in backward (activation checkpointing)"))
