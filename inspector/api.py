@@ -19,7 +19,7 @@ from torch import nn
 from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
 from inspector import build
-from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
+from inspector.collect import Collection, Collector, Frame, Live, OpCounter, OpInfo, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, with_hint)
@@ -159,8 +159,8 @@ def _collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
 def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] | None = None, input_size: Any = None,
             device: Any = None, dtype: Any = None, mode: str | None = None, flops: str = "matmul",
             formulas: dict[Any, Any] | None = None, timing: bool = False, repeat: int = 10, warmup: int = 2,
-            peak: Any = "measure", backward: bool = False, loss_fn: Any = None, optimizer: Any = None,
-            autocast: Any = None, name: str | None = None) -> Report:
+            peak: Any = "auto", backward: bool = False, loss_fn: Any = None, optimizer: Any = None,
+            autocast: Any = None, name: str | None = None, count_on: str = "auto") -> Report:
     """Count what ``model`` does on one pass, layer by layer (see the README for every argument).
 
     ``inputs``: a tensor, a tuple of positional inputs, or a mapping of keyword inputs; ``kwargs``
@@ -169,13 +169,15 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     ``device``/``dtype`` apply to substituted copies of the weights: the model is never moved.
     ``mode``: "eval" (default; "train" with ``backward``) or "as_is". ``flops``: "matmul" (2 x MACs)
     or "all" (plus elementwise work). ``formulas``: per-call MAC formulas for ops, by name.
-    ``timing``: per-layer times (``repeat`` after ``warmup``) and a roofline against ``peak``.
+    ``timing``: per-layer times from the profiler (``repeat`` after ``warmup``), the plain forward,
+    MFU and a roofline against ``peak``. ``count_on``: "auto" (meta copies for a forward on a GPU,
+    the device elsewhere), "meta" or "device".
     ``backward``: also a training step (``loss_fn``, ``optimizer``, ``autocast``) with backward
     MACs and its memory. ``name``: the report's model name.
     """
     opts = validate(device=device, dtype=dtype, mode=mode or ("train" if backward else "eval"), timing=timing,
                     repeat=repeat, warmup=warmup, peak=peak, flops=flops, formulas=formulas, backward=backward,
-                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name)
+                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name, count_on=count_on)
     model, notes = _unwrap(model)
     tree = _tree(model, notes)
     model = tree.model
@@ -218,31 +220,64 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
 
 def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
     """Count (and train, and time) inside the borrow, and build the report there: what leaves the
-    borrow is plain data."""
-    state = substitute_state(tree, target, opts.dtype) if opts.timing or not opts.backward else {}
-    model = tree.model
-    collector = Collector(tree, grads=opts.backward)
+    borrow is plain data. A forward on a GPU is counted on meta copies (see ``_count_on_meta``)."""
     training = times = timing = None
     with Borrow(tree, opts.mode) as borrow:
-        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
-                            meta=target.type == "meta")
-        if target.type == "meta" and not opts.backward:
-            collector.fuse_rnns(counter)
-        if opts.backward:
+        collection = None
+        if _count_on_meta(target, opts):
+            try:
+                collection = _count(tree, args, kw, torch.device("meta"), opts, borrow)
+                run = replace(run, notes=(*run.notes, f"counted on meta copies of the weights and inputs (the counts "
+                                                      f"do not depend on the device); timed on {target}"))
+            except InspectorError as exc:
+                borrow.reset()  # the meta pass may have written attributes: the device pass starts afresh
+                run = replace(run, notes=(*run.notes, f"counted on {target}: the pass on meta copies failed "
+                                                      f"({first_line(exc)})"))
+        if collection is None and opts.backward:
             from inspector.training import train_step
 
+            collector, counter = _collector(tree, opts, target, borrow)
             collection, training = train_step(
                 tree, args, kw, collector, counter, opts, target,
                 lambda exc, phase, frame: failure(collector, counter, exc, target, phase, frame))
-        else:
-            collection = _forward(model, state, args, kw, collector, counter, target)
+        elif collection is None:
+            collection = _count(tree, args, kw, target, opts, borrow)
         if opts.timing:
             times, timing = _timed(tree, args, kw, len(collection.frames), target, opts)
         return build.report(tree, run, collection, opts.dtype, training, timing, times)
 
 
+def _count_on_meta(target: torch.device, opts: Options) -> bool:
+    """Whether the forward is counted on meta copies: asked for (``count_on="meta"``), or by default on
+    a GPU, where a Python dispatch per op costs several times the kernel it launches. The counts are
+    the same on every device; a forward that needs values (data-dependent shapes) or fails on meta is
+    counted on the device instead. A training step is always counted where it runs."""
+    if opts.backward or target.type == "meta":
+        return False
+    return opts.count_on == "meta" or (opts.count_on == "auto" and target.type == "cuda")
+
+
+def _collector(tree: ModelTree, opts: Options, device: torch.device, borrow: Borrow) -> tuple[Collector, OpCounter]:
+    live = Live()
+    collector = Collector(tree, grads=opts.backward, live=live)
+    counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
+                        meta=device.type == "meta", live=live)
+    if device.type == "meta" and not opts.backward:
+        collector.fuse_rnns(counter)
+    return collector, counter
+
+
+def _count(tree: ModelTree, args: tuple, kw: dict, device: torch.device, opts: Options, borrow: Borrow) -> Collection:
+    """The counted forward on ``device`` (copies of the weights there, and of the inputs)."""
+    state = substitute_state(tree, device, opts.dtype)
+    if device.type == "meta":
+        args, kw = inputs_mod.move((args, kw), device, opts.dtype, set())
+    collector, counter = _collector(tree, opts, device, borrow)
+    return _forward(tree.model, state, args, kw, collector, counter, device)
+
+
 def _timed(tree: ModelTree, args: tuple, kw: dict, calls: int, target: torch.device, opts: Options) -> tuple:
-    """Per-call times of the timed passes (on copies of the weights) and the whole-model timing."""
+    """Per-call times of the profiled passes (on copies of the weights) and the whole-model timing."""
     from inspector import timing as timing_mod
 
     timed_state = substitute_state(tree, target, opts.dtype, copies=True)
@@ -255,7 +290,8 @@ def _timed(tree: ModelTree, args: tuple, kw: dict, calls: int, target: torch.dev
 
     times, timing = timing_mod.time_calls(tree, lambda: call(tree.model, timed_state, args, kw), calls, opts.repeat,
                                           opts.warmup, target, on_error=failed)
-    return times, timing_mod.with_peak(timing, opts.peak, target, opts.dtype)
+    gflops, gbytes, source = timing_mod.resolve_peak(opts.peak, target, opts.dtype)
+    return times, replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)
 
 
 def _forward(model: nn.Module, state: dict, args: tuple, kw: dict, collector: Collector, counter: OpCounter,

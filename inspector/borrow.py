@@ -359,6 +359,15 @@ class Borrow:
             if any(flag != wanted for flag in self.flags):
                 _set_training(self.tree.model, wanted, {})
 
+    def reset(self) -> None:
+        """Give everything back and lend it again: a pass that failed half-way (and may have written
+        attributes) before another pass starts."""
+        errors = self._restore()
+        if errors:
+            raise _model_error(errors[0], "giving the model back") from errors[0]
+        parametrize._cache_enabled = 0
+        self._enter_mode()
+
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         try:
             errors = self._restore()

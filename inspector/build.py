@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 from inspector.closed_forms import evaluate, evaluate_backward
 from inspector.collect import Collection, Frame
 from inspector.errors import first_line
-from inspector.figures import all_figures, fold, measured
+from inspector.figures import all_figures, fold, measured, whole_call
 from inspector.records import LayerRecord, OpStat
 from inspector.report import Report, Run, Timing, Training
 from inspector.tree import ModelTree
@@ -44,7 +44,9 @@ class Call:
     params: int
     trainable_params: int
     hook_macs: int
-    time_ms: float | None = None
+    busy_ms: float | None = None
+    idle_ms: float | None = None
+    host_ms: float | None = None
 
 
 def sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
@@ -207,28 +209,29 @@ def _inclusive(frames: Sequence[Frame], own: list[dict[str, Any]]) -> tuple[list
     figures derived once at the end), and whether it has children."""
     sums = [dict(values) for values in own]
     has_children = [False] * len(frames)
+    whole = whole_call()  # measured over the whole call already: not summed
     for f in reversed(frames):  # children come after their parent
         if f.parent is not None:
             parent, child = sums[f.parent], sums[f.index]
             for name, value in child.items():
-                if value is not None:
+                if value is not None and name not in whole:
                     parent[name] = value if parent.get(name) is None else parent[name] + value
             has_children[f.parent] = True
     return [fold([s]) for s in sums], has_children
 
 
 def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, has: Callable[[str], bool],
-            times: Sequence[float | None] | None = None
-            ) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...], tuple[str, ...]]:
+            times: Any = None) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...], tuple[str, ...]]:
     """One record per call, the modules that never ran, and the notes of closed forms that could not
     be checked. ``has(part)`` says which parts of the report ran (see ``inspector.figures``)."""
     frames = collection.frames
     module_params = subtree_params(tree, dtype)
     per_frame, uncalled = attribute_params(tree, frames, module_params)
     hooks = _hook_macs(frames)
-    own_times = self_times([f.parent for f in frames], times) if times is not None else [None] * len(frames)
-    calls = [Call(f, *per_frame.get(f.index, (0, 0)), hook_macs=hooks[f.index],
-                  time_ms=None if own_times[f.index] is None else own_times[f.index] * 1e3) for f in frames]
+    none = (None,) * len(frames)
+    busy, idle, host = (times.busy_ms, times.idle_ms, times.host_ms) if times is not None else (none, none, none)
+    calls = [Call(f, *per_frame.get(f.index, (0, 0)), hook_macs=hooks[f.index], busy_ms=busy[f.index],
+                  idle_ms=idle[f.index], host_ms=host[f.index]) for f in frames]
     own = measured([*calls, Call(collection.outside, 0, 0, 0)], has)
     outside = own.pop()
     if frames:  # ops run outside every call (before the first hook, after the last) are the model's own
@@ -266,24 +269,11 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
     return tuple(out), tuple(uncalled), tuple(notes)
 
 
-def self_times(parents: list[int | None], times: Sequence[float | None]) -> list[float | None]:
-    """Each call's time minus its children's (never below zero), in the units given; None where a
-    call has no time."""
-    children = [0.0] * len(times)
-    for i, parent in enumerate(parents):
-        if parent is not None and times[i] is not None:
-            children[parent] += times[i]  # type: ignore[operator]
-    return [None if t is None else max(0.0, t - children[i]) for i, t in enumerate(times)]
-
-
 def report(tree: ModelTree, run: Run, collection: Collection, dtype: torch.dtype | None,
-           training: Training | None = None, timing: Timing | None = None,
-           times: Sequence[float | None] | None = None) -> Report:
-    """The finished report of a model that ran (``times``: per-call seconds of the timed passes)."""
+           training: Training | None = None, timing: Timing | None = None, times: Any = None) -> Report:
+    """The finished report of a model that ran (``times``: ``timing.CallTimes`` of the timed passes)."""
     parts = {"": True, "forward": True, "training": training is not None, "timing": timing is not None}
     layers, uncalled, notes = records(tree, collection, dtype, parts.__getitem__, times)
-    if timing is not None:
-        timing = replace(timing, layer_sum_ms=sum(r.own["time_ms"] or 0.0 for r in layers))
     totals = param_totals(tree, dtype)
     every = (*collection.frames, collection.outside)
     parents = {f.parent for f in collection.frames} - {None}

@@ -20,7 +20,7 @@ from inspector.conventions import CONVENTIONS
 from inspector.errors import InspectorError, first_line
 from inspector.figures import all_figures
 from inspector.optimizers import OPTIMIZERS
-from inspector.options import DTYPES
+from inspector.options import COUNT_ON, DTYPES, PEAK_NAMES
 from inspector.render import all_columns, check_columns
 from inspector.sources import listing_sources, source
 
@@ -72,13 +72,13 @@ def _positive(text: str) -> int:
 
 
 def _peak(text: str) -> tuple[float, float] | str | None:
-    if text in ("measure", "none"):
+    if text in PEAK_NAMES or text == "none":
         return None if text == "none" else text
     try:
         gflops, gbytes = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--peak wants GFLOPS,GBPS (like 350,40), 'measure' or 'none', "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--peak wants GFLOPS,GBPS (like 350,40), {', '.join(PEAK_NAMES)} or "
+                                         f"'none', got {text!r}") from None
     return gflops, gbytes
 
 
@@ -149,6 +149,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     spec = load(args.model, device=device, batch=args.batch, seq_len=args.seq_len, input_size=args.input_size)
     report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
                           peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
+                          count_on=args.count_on,
                           mode=args.mode)
     columns = args.columns.split(",") if args.columns else None
     print(report.render(args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
@@ -266,8 +267,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--flops", choices=tuple(CONVENTIONS), default="matmul",
                    help="FLOPs = 2 x MACs (matmul, default) or also elementwise work (all)")
     s.add_argument("--timing", action="store_true", help="per-layer forward times, GFLOP/s and roofline")
-    s.add_argument("--peak", type=_peak, default="measure", metavar="GFLOPS,GBPS",
-                   help="device peak for the roofline: GFLOPS,GBPS, 'measure' (default) or 'none'")
+    s.add_argument("--peak", type=_peak, default="auto", metavar="GFLOPS,GBPS",
+                   help="device peak for the roofline and MFU: GFLOPS,GBPS, 'auto' (default: the datasheet's for a "
+                        "known GPU, else measured), 'measure', 'datasheet' or 'none'")
+    s.add_argument("--count-on", choices=COUNT_ON, default="auto",
+                   help="where the forward is counted: auto (default: meta copies for a GPU forward), meta or device")
     s.add_argument("--backward", action="store_true", help="also one training step: backward MACs and its memory")
     s.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
                    help="optimizer of the training step (with --backward)")

@@ -51,7 +51,7 @@ class Frame:
 
     __slots__ = ("index", "module", "name", "depth", "parent", "inputs", "_args", "kwargs", "outputs",
                  "output_bytes", "macs", "flops", "ops", "failed", "hook_macs", "grad_input", "bw_macs", "bw_flops",
-                 "bw_ops", "saved_bytes", "recompute_macs")
+                 "bw_ops", "saved_bytes", "recompute_macs", "start_bytes", "peak_bytes")
 
     def __init__(self, index: int, module: nn.Module, name: str, depth: int, parent: int | None) -> None:
         self.index = index
@@ -76,6 +76,8 @@ class Frame:
         self.bw_ops: Mapping[str, list[int]] = NONE
         self.saved_bytes = 0    # activations autograd saved for backward during this call
         self.recompute_macs = 0  # forward work recomputed in backward (activation checkpointing)
+        self.start_bytes = 0    # live bytes the pass had made when this call started
+        self.peak_bytes = 0     # the highest live bytes while it ran
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -346,7 +348,8 @@ class OpCounter(TorchDispatchMode):
         return False
 
     def __init__(self, stack: list[Frame], table: dict, convention: Convention, guard: WriteGuard | None = None,
-                 track_memory: bool = True, infos: dict | None = None, meta: bool = False, count: bool = True) -> None:
+                 track_memory: bool = True, infos: dict | None = None, meta: bool = False, count: bool = True,
+                 live: Live | None = None) -> None:
         super().__init__()
         self.meta = meta  # the run is on the meta device: fast meta kernels where there are some
         self.count = count  # False: only guard writes and run fast meta kernels (an uncounted warm-up)
@@ -355,7 +358,7 @@ class OpCounter(TorchDispatchMode):
         self.convention = convention
         self.guard = guard
         self.track_memory = track_memory
-        self.live = Live()
+        self.live = live if live is not None else Live()
         self.uncounted: dict[str, int] = {}
         self.formula_errors: dict[str, str] = {}
         self.failed_op: OpInfo | None = None  # the op that raised, if one did
@@ -417,14 +420,17 @@ class OpCounter(TorchDispatchMode):
                 stat[0] += 1
                 stat[1] += macs
         if info.allocates and self.track_memory:
+            live = self.live
             if type(out) is torch.Tensor:
-                self.live.add(out)
+                live.add(out)
             elif isinstance(out, (tuple, list)):
                 for t in out:
                     if isinstance(t, torch.Tensor):
-                        self.live.add(t)
+                        live.add(t)
             elif isinstance(out, torch.Tensor):
-                self.live.add(out)
+                live.add(out)
+            if self.stack and live.now > self.stack[-1].peak_bytes:
+                self.stack[-1].peak_bytes = live.now
         return out
 
     def _charge(self, frame: Frame, info: OpInfo, args: tuple, kwargs: dict | None, out: Any, backward: bool,
@@ -517,13 +523,14 @@ class Collection:
 class Collector:
     """The two process-wide hooks, pushing and popping frames on a stack shared with the counter."""
 
-    def __init__(self, tree: ModelTree, grads: bool = False) -> None:
+    def __init__(self, tree: ModelTree, grads: bool = False, live: Live | None = None) -> None:
         self.tree = tree
         self.names = tree.first_names
         self.shared = tree.shared_ids
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
         self._observers: list[Callable[[Frame, tuple, dict | None, Any], None]] = []  # see ``observing``
+        self.live = live  # the counter's live bytes: each call's start and peak (see Frame.peak_bytes)
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self._redirect: Any = None  # see ``redirected``
@@ -571,6 +578,10 @@ class Collector:
             frame = Frame(len(frames), module, name, 0, None)
         frames.append(frame)
         stack.append(frame)
+        live = self.live
+        if live is not None:
+            live.settle()
+            frame.start_bytes = frame.peak_bytes = live.now
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names, or an RNN counted as its fused op."""
@@ -594,6 +605,8 @@ class Collector:
             while stack[-1].module is not module:  # defensive: calls that never closed
                 stack.pop()
         frame = stack.pop()
+        if stack and frame.peak_bytes > stack[-1].peak_bytes:
+            stack[-1].peak_bytes = frame.peak_bytes
         if self._fused and id(module) in self.fused_rnn:
             self._fused.pop().__exit__(None, None, None)
         if output is _FAILED:

@@ -36,6 +36,8 @@ class Figure:
     needs: str = "forward"
     measure: Measure | None = None   # call -> value (see build.Call)
     derive: Derive | None = None     # the call's other figures -> value (never folded: derived again)
+    fold: str = "sum"                # "sum": a call's figure adds up over its children and into the totals;
+    #                                  "call": measured over the whole call (a peak): not summed, the total is the largest
     share: bool = False              # a "<name>_pct" column: its share of the total
     rank: bool = True                # top(by=name) ranks by it
     column: bool = True              # a table column
@@ -48,6 +50,8 @@ class Figure:
             raise ValueError(f"figure {self.name!r}: give exactly one of measure and derive")
         if self.unit not in UNITS:
             raise ValueError(f"figure {self.name!r}: unit must be one of {UNITS}")
+        if self.fold not in ("sum", "call"):
+            raise ValueError(f"figure {self.name!r}: fold must be 'sum' or 'call'")
         if self.needs not in PARTS:
             raise ValueError(f"figure {self.name!r}: needs must be one of {PARTS}")
 
@@ -61,23 +65,37 @@ def register(fig: Figure) -> Figure:
     return fig
 
 
-_CACHE: dict[int, tuple[tuple[Figure, ...], frozenset[str], tuple[Figure, ...]]] = {}
+@dataclass(frozen=True)
+class _Tables:
+    figures: tuple[Figure, ...]
+    derived_names: frozenset[str]
+    derived: tuple[Figure, ...]
+    whole_call: frozenset[str]  # figures folded as "call"
 
 
-def _tables() -> tuple[tuple[Figure, ...], frozenset[str], tuple[Figure, ...]]:
-    """Every figure, the names of the derived ones and the derived ones, for the registry as it is
-    now (worked out once per change of the registry: folding runs once per call of a model)."""
+_CACHE: dict[int, _Tables] = {}
+
+
+def _tables() -> _Tables:
+    """The registry's figures sorted out, as it is now (worked out once per change of the registry:
+    folding runs once per call of a model)."""
     found = _CACHE.get(FIGURES.version)
     if found is None:
         _CACHE.clear()
         figures = tuple(FIGURES.table.values())
         derived = tuple(f for f in figures if f.derive is not None)
-        found = _CACHE[FIGURES.version] = (figures, frozenset(f.name for f in derived), derived)
+        found = _CACHE[FIGURES.version] = _Tables(figures, frozenset(f.name for f in derived), derived,
+                                                   frozenset(f.name for f in figures if f.fold == "call"))
     return found
 
 
+def whole_call() -> frozenset[str]:
+    """The names of the figures measured over a whole call (not summed over its children)."""
+    return _tables().whole_call
+
+
 def all_figures() -> tuple[Figure, ...]:
-    return _tables()[0]
+    return _tables().figures
 
 
 def lookup(name: str) -> Figure | None:
@@ -96,18 +114,20 @@ def measured(calls: Iterable[Any], has: Callable[[str], bool]) -> list[dict[str,
 
 
 def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
-    """The sum of several calls' figures, derived ones derived again from the sums (None where none
-    of the calls has a value)."""
-    derived = _tables()[1]
+    """The sum of several calls' figures (the largest, for a figure measured over a whole call),
+    derived ones derived again from the sums (None where none of the calls has a value)."""
+    tables = _tables()
     total: dict[str, Value] = {}
     for values in parts:
         for name, value in values.items():
-            if name in derived:
+            if name in tables.derived_names:
                 continue
             if value is None:
                 total.setdefault(name, None)
             elif total.get(name) is None:
                 total[name] = value
+            elif name in tables.whole_call:
+                total[name] = max(total[name], value)
             else:
                 total[name] += value
     return complete(total)
@@ -116,7 +136,7 @@ def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
 def complete(values: Mapping[str, Value]) -> dict[str, Value]:
     """``values`` with every derived figure added (derived from the measured ones, in registry order)."""
     out = _Values(values)
-    for f in _tables()[2]:
+    for f in _tables().derived:
         out[f.name] = f.derive(out)
     return dict(out)
 
@@ -148,10 +168,20 @@ register(Figure("elementwise_flops", "Elementwise FLOPs", measure=lambda call: c
 register(Figure("flops", "FLOPs", derive=lambda v: _add(v["macs"], v["elementwise_flops"], scale=2),
                 default=lambda report: report.run.flops != "matmul",
                 description="2 x MACs, plus elementwise work under flops='all'"))
+register(Figure("peak_bytes", "Peak act.", unit="bytes", measure=lambda call: call.frame.peak_bytes
+                - call.frame.start_bytes, fold="call", rank=True,
+                description="activation memory the call needed at its peak, above what was live when it started"))
 register(Figure("hook_macs", "Hook MACs", measure=lambda call: call.hook_macs, column=False, rank=False,
                 description="work of pre-hooks and parametrizations: not the layer's own formula"))
-register(Figure("time_ms", "Time ms", unit="ms", needs="timing", measure=lambda call: call.time_ms, share=True,
-                default=True, aliases=("time",), description="time of the call itself (its children's taken off)"))
+register(Figure("time_ms", "Time ms", unit="ms", needs="timing", derive=lambda v: _add(v["busy_ms"], v["idle_ms"]),
+                share=True, default=True, aliases=("time",),
+                description="the call's share of the profiled pass: its device busy + idle time (children's apart)"))
+register(Figure("busy_ms", "Busy ms", unit="ms", needs="timing", measure=lambda call: call.busy_ms, default=True,
+                description="device time of the activities the call launched itself (kernels; ops on a CPU)"))
+register(Figure("idle_ms", "Idle ms", unit="ms", needs="timing", measure=lambda call: call.idle_ms, default=True,
+                description="device idle time that ended with one of the call's own launches"))
+register(Figure("host_ms", "Host ms", unit="ms", needs="timing", measure=lambda call: call.host_ms,
+                description="host time spent in the call itself (its children's calls taken off)"))
 register(Figure("backward_macs", "Bwd MACs", needs="training", measure=lambda call: call.frame.bw_macs,
                 default=True, description="multiply-accumulates of the backward ops this call's backward ran"))
 register(Figure("backward_elementwise_flops", "Bwd elementwise FLOPs", needs="training",

@@ -15,6 +15,7 @@ from inspector.optimizers import check_optimizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DEVICE_TYPES = ("cpu", "cuda", "meta")
+COUNT_ON = ("auto", "meta", "device")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Options:
     optimizer: Any = None
     autocast: torch.dtype | None = None
     name: str | None = None
+    count_on: str = "auto"  # where the forward is counted: "auto", "meta" or "device"
 
 
 def check_dtype(dtype: Any, what: str = "dtype") -> torch.dtype | None:
@@ -78,16 +80,21 @@ def _count(value: Any, name: str, least: int) -> int:
     return value
 
 
+#: Named peaks: "auto" (the datasheet's where the device is known, else measured), "measure", "datasheet".
+PEAK_NAMES = ("auto", "measure", "datasheet")
+
+
 def check_peak(peak: Any) -> tuple[float, float] | str | None:
-    """(GFLOP/s, GB/s) given, "measure", or None."""
-    if peak is None or (isinstance(peak, str) and peak == "measure"):
+    """(GFLOP/s, GB/s) given, a name of ``PEAK_NAMES``, or None."""
+    if peak is None or (isinstance(peak, str) and peak in PEAK_NAMES):
         return peak
+    wanted = f"(GFLOP/s, GB/s), one of {', '.join(map(repr, PEAK_NAMES))} or None"
     if isinstance(peak, (str, bytes)):
-        raise InputError(f"peak must be (GFLOP/s, GB/s), 'measure' or None, got {peak!r}")
+        raise InputError(f"peak must be {wanted}, got {peak!r}")
     try:
         gflops, gbytes = (float(v) for v in peak)
     except (TypeError, ValueError):
-        raise InputError(f"peak must be (GFLOP/s, GB/s), 'measure' or None, got {peak!r}") from None
+        raise InputError(f"peak must be {wanted}, got {peak!r}") from None
     if not (math.isfinite(gflops) and math.isfinite(gbytes) and gflops > 0 and gbytes > 0):
         raise InputError(f"peak figures must be finite and positive, got {peak!r}")
     return gflops, gbytes
@@ -95,7 +102,7 @@ def check_peak(peak: Any) -> tuple[float, float] | str | None:
 
 def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, warmup: Any, peak: Any, flops: Any,
              formulas: Any, backward: Any = False, loss_fn: Any = None, optimizer: Any = None, autocast: Any = None,
-             name: Any = None) -> Options:
+             name: Any = None, count_on: Any = "auto") -> Options:
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     if not isinstance(timing, bool):
@@ -106,6 +113,8 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
         raise InputError(f"flops must be a convention name ('matmul' or 'all'), got {flops!r}")
     if formulas is not None and not isinstance(formulas, dict):
         raise InputError(f"formulas must be a dict op -> formula, got {type(formulas).__name__}")
+    if count_on not in COUNT_ON:
+        raise InputError(f"count_on must be one of {', '.join(map(repr, COUNT_ON))}, got {count_on!r}")
     if name is not None and not isinstance(name, str):
         raise InputError(f"name must be a string, got {name!r}")
     if not backward and (loss_fn is not None or optimizer is not None or autocast is not None):
@@ -120,4 +129,4 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
                    repeat=_count(repeat, "repeat", 1), warmup=_count(warmup, "warmup", 0),
                    peak=check_peak(peak) if timing else None, convention=convention(flops),
                    table=formula_table(formulas), backward=backward, loss_fn=loss_fn, optimizer=optimizer,
-                   autocast=check_dtype(autocast, "autocast"), name=name)
+                   autocast=check_dtype(autocast, "autocast"), name=name, count_on=count_on)

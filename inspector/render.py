@@ -139,9 +139,16 @@ def default_columns(report: Any, timing: bool | None = None) -> list[str]:
         chosen.append(fig.name)
         if fig.share:
             chosen.append(f"{fig.name}_pct")
-        if fig.name == "time_ms":
-            chosen += ["gflops", "intensity"] + (["bound"] if report.timing.ridge else [])
+    if with_time and report.timing is not None:  # the roofline right after the last time column
+        last = max(i for i, c in enumerate(chosen) if (lookup(c.removesuffix("_pct")) or _NONE).needs == "timing")
+        roofline = ["gflops"] + (["mfu"] if report.timing.peak_gflops else []) + ["intensity"] + \
+            (["bound"] if report.timing.ridge else [])
+        chosen[last + 1:last + 1] = roofline
     return chosen
+
+
+class _NONE:
+    needs = ""
 
 
 def check_columns(report: Any, names: Iterable[str] | str | None, timing: bool | None = None) -> list[str]:
@@ -185,6 +192,13 @@ def _timed(row: Row) -> bool:
 def _gflops(row: Row, ctx: Context) -> str:
     value = row.record.achieved_gflops if _timed(row) else None
     return "-" if value is None else f"{value:.1f}"
+
+
+@column("mfu", "MFU", "right")
+def _mfu(row: Row, ctx: Context) -> str:
+    t = ctx.report.timing
+    value = row.record.achieved_gflops if _timed(row) else None
+    return "-" if value is None or t is None or not t.peak_gflops else f"{100 * value / t.peak_gflops:.1f}%"
 
 
 @column("intensity", "FLOP/B", "right")
@@ -264,6 +278,23 @@ def _roofline_summary(report: Any) -> str:
             f"({100 * time_by['memory'] / total:.0f}%)")
 
 
+def _timing_lines(report: Any) -> list[str]:
+    t = report.timing
+    lines = [f"Timing ({t.device}): plain forward {t.forward_ms:.3f} ms (median of {t.repeat})"]
+    if t.profiled_ms is not None:
+        verdict = "; launch-bound: the device waited for the host most of the pass" if t.launch_bound else ""
+        lines[0] += (f"; profiled pass {t.profiled_ms:.3f} ms (+{100 * t.overhead:.1f}% measuring overhead) = busy "
+                     f"{t.busy_ms:.3f} + idle {t.idle_ms:.3f} ms, shared out among the calls{verdict}")
+    if t.note:
+        lines.append(f"Timing: {t.note}")
+    if report.mfu is not None:
+        lines.append(f"Utilisation: {report.achieved_gflops:,.1f} GFLOP/s achieved over the plain forward = "
+                     f"{100 * report.mfu:.1f}% of the {t.peak_source} peak {t.peak_gflops:,.1f} GFLOP/s (MFU)")
+    if t.ridge:
+        lines.append(_roofline_summary(report))
+    return lines
+
+
 def footer(report: Any, exact: bool = False) -> list[str]:
     def n(v: int | None) -> str:
         return number(v, True) if exact or (v is not None and abs(v) < 1000) else f"{v:,} ({human(v)})"
@@ -284,11 +315,7 @@ def footer(report: Any, exact: bool = False) -> list[str]:
                      f"state {size(mem.optimizer_state)}, saved activations {size(mem.activations)}; peak "
                      f"{size(mem.peak)} (in {mem.peak_phase})")
     if report.timing is not None:
-        t = report.timing
-        lines.append(f"Timing ({t.device}, median of {t.repeat}): forward {t.forward_ms:.3f} ms, hooked "
-                     f"{t.hooked_forward_ms:.3f} ms, sum of layer self-times {t.layer_sum_ms:.3f} ms")
-        if t.ridge:
-            lines.append(_roofline_summary(report))
+        lines += _timing_lines(report)
     with_params = [(name, p) for name, p in report.uncalled if p]
     without = len(report.uncalled) - len(with_params)
     if with_params:

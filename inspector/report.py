@@ -57,17 +57,20 @@ class CrossCheck(list):
 
 @dataclass(frozen=True)
 class Timing:
-    """Whole-model timing of the timed passes; per-call times are the records' ``time_ms``."""
+    """Whole-model timing; per-call times are the records' ``busy_ms``, ``idle_ms``, ``host_ms`` and
+    ``time_ms`` (busy + idle), from the profiled pass, which add up to ``profiled_ms`` exactly."""
 
     device: str
     repeat: int
     warmup: int
-    forward_ms: float          # median of plain forwards, no hooks
-    hooked_forward_ms: float   # median of the timed (hooked) forwards
-    layer_sum_ms: float        # sum of every call's own time (its time minus its children's)
+    forward_ms: float                 # median of plain forwards: no hooks, no profiler (synchronised on a GPU)
+    profiled_ms: float | None = None  # the profiled pass, from the first launch to the last activity's end
+    busy_ms: float | None = None      # the device busy within it (kernels on a GPU; top-level ops on a CPU)
+    idle_ms: float | None = None      # the device waiting for the host within it
     peak_gflops: float | None = None
     peak_gbytes_per_s: float | None = None
-    peak_source: str | None = None  # "given" or "measured" (see timing.measure_peak)
+    peak_source: str | None = None    # "given", "measured" or "datasheet: <device>, <precision>"
+    note: str | None = None           # why per-call times are missing, when they are
 
     @property
     def ridge(self) -> float | None:
@@ -77,9 +80,14 @@ class Timing:
         return self.peak_gflops / self.peak_gbytes_per_s
 
     @property
-    def distortion(self) -> float | None:
-        """How much the hooks slowed the timed passes: hooked / plain forward - 1."""
-        return self.hooked_forward_ms / self.forward_ms - 1 if self.forward_ms else None
+    def overhead(self) -> float | None:
+        """What measuring cost: profiled pass / plain forward - 1."""
+        return self.profiled_ms / self.forward_ms - 1 if self.profiled_ms and self.forward_ms else None
+
+    @property
+    def launch_bound(self) -> bool | None:
+        """The device sat idle more than half of the profiled pass (waiting for the host's launches)."""
+        return None if self.profiled_ms is None or self.idle_ms is None else self.idle_ms > self.profiled_ms / 2
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,21 @@ class Report:
         """False when MACs were not counted (no input), or some op that may do matmul-like work had no
         formula (a matmul-like name, or a custom operator), or a formula failed: totals are then low."""
         return self.ran and not self.uncounted_ops and not self.formula_errors
+
+    @property
+    def achieved_gflops(self) -> float | None:
+        """FLOPs of the forward / the plain forward's time, in GFLOP/s; None without timing."""
+        t = self.timing
+        if t is None or not t.forward_ms or self.total_flops is None:
+            return None
+        return self.total_flops / (t.forward_ms * 1e-3) / 1e9
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation: achieved GFLOP/s over the device's peak for the dtype (FLOPs as
+        counted: 2 x MACs, attention's full score matrix, no recomputation)."""
+        achieved, t = self.achieved_gflops, self.timing
+        return None if achieved is None or not t.peak_gflops else achieved / t.peak_gflops
 
     def measured(self, part: str) -> bool:
         """Whether the part of the report that measures a figure ran (see ``inspector.figures``)."""
@@ -353,7 +376,9 @@ class Report:
             "formula_errors": dict(self.formula_errors),
             "uncalled_modules": [{"name": n, "params": p} for n, p in self.uncalled],
             "notes": list(self.notes),
-            "timing": None if t is None else {**vars(t), "ridge": t.ridge, "distortion": t.distortion},
+            "timing": None if t is None else {**vars(t), "ridge": t.ridge, "overhead": t.overhead,
+                                              "launch_bound": t.launch_bound, "achieved_gflops": self.achieved_gflops,
+                                              "mfu": self.mfu},
             "training": None if tr is None else {
                 "loss": tr.loss, "optimizer": tr.optimizer, "autocast": tr.autocast,
                 "backward_macs": tr.total_backward_macs, "backward_flops": tr.total_backward_flops,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inspector.figures import Figure, all_figures, lookup
+from inspector.figures import Figure, all_figures, lookup, whole_call
 from inspector.records import LayerRecord
 
 
@@ -27,7 +27,10 @@ class Row:
 
     @property
     def values(self) -> Mapping[str, Any]:
-        return self.record.own if self.kind == "own" else self.record.inclusive
+        if self.kind != "own":
+            return self.record.inclusive
+        whole = whole_call()  # a container's own work has no peak of its own: its call's is on its row
+        return {k: None if k in whole else v for k, v in self.record.own.items()}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("record", "kind", "depth"):
@@ -53,8 +56,9 @@ def rows(layers: Sequence[LayerRecord], depth: int | None) -> list[Row]:
             continue
         if has_shown_child[r.index]:
             out.append(Row(r, "container", r.depth))
-            if any(r.own.get(name) for name in r.own):
-                out.append(Row(r, "own", r.depth + 1))
+            own = Row(r, "own", r.depth + 1)
+            if any(own.values.values()):
+                out.append(own)
         else:
             out.append(Row(r, "layer", r.depth))
     return out

@@ -1,26 +1,35 @@
-"""Per-layer forward times and the device peak that places each layer on a roofline.
+"""Per-call times from the profiler, the plain forward beside them, and the device peak.
 
-Times come from hooks only (no op counting while timing), as medians over repeats: ``perf_counter``
-on CPU; on CUDA, an event recorded on the stream at each hook and read after one synchronise per
-pass, so that timing does not stall the GPU between layers. Self-times and their sum are derived
-in ``build`` from these per-call times, like every other inclusive/self figure. Timing returns
-times; it never writes into the counting pass's frames.
+The timed passes run under ``torch.profiler``'s engine (Kineto: CPU activity, and CUDA activity on
+a GPU) with one range per module call, opened and closed by two process-wide module hooks. Each
+kernel (on a GPU; each top-level aten op on a CPU) is linked to the op that launched it and so to
+the innermost module call; ``inspector.timeline`` then charges every stretch of the pass to one call
+as busy or idle time, so that they add up to the pass exactly. Beside the profiled passes, plain
+passes (no hooks, no profiler; synchronised on a GPU) give the forward's own time, and the
+difference is the measuring overhead, reported, never hidden. Timing returns data; it never writes
+into the counting pass's frames.
 """
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
+from inspector.peaks import datasheet_peak
 from inspector.report import Timing
+from inspector.timeline import Activity, Attribution, attribute
 from inspector.tree import ModelTree
 
 #: Sizes of the peak probes: a square matmul of side N, and a copy of this many bytes.
@@ -28,54 +37,31 @@ _MATMUL_SIDE = {"cpu": 1024, "cuda": 8192}
 _COPY_BYTES = {"cpu": 128 << 20, "cuda": 2 << 30}
 _PEAKS: dict[tuple[str, torch.dtype], tuple[float, float]] = {}
 _RAISED = object()
+_RANGE = "inspector#"
+#: What Kineto writes to stderr when a profile starts or stops (said by the profiler, not by us).
+_KINETO_NOISE = re.compile(r"^(USDT|STAGE|INFO|WARNING|ERROR):\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \S+\.cpp:\d+\]")
+_DEVICE_ACTIVITY = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
-class Clock:
-    """Marks taken at hooks, turned into seconds once a pass is over. CPU: perf_counter floats."""
+# --- the device peak ----------------------------------------------------------------------------------
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def mark(self) -> Any:
-        return time.perf_counter()
-
-    def settle(self) -> None:
-        """Wait until every marked moment has happened (queued GPU work done)."""
-
-    def seconds(self, start: Any, end: Any) -> float:
-        return end - start
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-class CudaClock(Clock):
-    """CUDA events recorded on the current stream; one synchronise per pass, not per layer."""
-
-    def mark(self) -> Any:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def settle(self) -> None:
-        torch.cuda.synchronize(self.device)
-
-    def seconds(self, start: Any, end: Any) -> float:
-        return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
-
-
-def clock_for(device: torch.device) -> Clock:
-    return CudaClock(device) if device.type == "cuda" else Clock(device)
-
-
-def _timed(fn: Callable[[], object], clock: Clock) -> float:
-    start = clock.mark()
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of ``fn`` with the device's queued work done (synchronised before and after)."""
+    _synchronize(device)
+    start = time.perf_counter()
     fn()
-    end = clock.mark()
-    clock.settle()
-    return clock.seconds(start, end)
+    _synchronize(device)
+    return time.perf_counter() - start
 
 
-def _best(fn: Callable[[], object], clock: Clock, repeat: int = 5) -> float:
+def _best(fn: Callable[[], object], device: torch.device, repeat: int = 5) -> float:
     fn()  # warm-up: allocations, kernel selection
-    return min(_timed(fn, clock) for _ in range(repeat))  # a peak is the best the device did
+    return min(_seconds(fn, device) for _ in range(repeat))  # a peak is the best the device did
 
 
 def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, float]:
@@ -86,97 +72,68 @@ def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
         raise ValueError(f"no peak probe for device type {device.type!r}; pass peak=(GFLOP/s, GB/s)")
     key = (str(device), dtype)
     if key not in _PEAKS:
-        clock = clock_for(device)
         n = _MATMUL_SIDE[device.type]
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         with torch.no_grad():
-            gflops = 2 * n**3 / _best(lambda: torch.mm(a, b), clock) / 1e9
+            gflops = 2 * n**3 / _best(lambda: torch.mm(a, b), device) / 1e9
             nbytes = _COPY_BYTES[device.type]
             if device.type == "cuda":  # source and copy together take at most half the free memory
                 nbytes = min(nbytes, torch.cuda.mem_get_info(device)[0] // 4)
             src = torch.empty(nbytes // 4, device=device)
             dst = torch.empty_like(src)
-            seconds = _best(lambda: dst.copy_(src), clock)
+            seconds = _best(lambda: dst.copy_(src), device)
         gbytes = 2 * src.numel() * src.element_size() / seconds / 1e9  # read + write
         _PEAKS[key] = (gflops, gbytes)
     return _PEAKS[key]
 
 
-def with_peak(timing: Timing, peak: tuple[float, float] | str | None, device: torch.device,
-              dtype: torch.dtype | None) -> Timing:
-    """``timing`` with the roofline's peak: the given one, or measured on ``device`` in ``dtype``."""
+def resolve_peak(peak: tuple[float, float] | str | None, device: torch.device,
+                 dtype: torch.dtype | None) -> tuple[float | None, float | None, str | None]:
+    """(GFLOP/s, GB/s, source): the given peak; "datasheet" (or "auto" on a device the table knows)
+    the vendor's dense figures for the dtype; "measure" (or "auto" elsewhere) the probes'."""
     if peak is None:
-        return timing
-    source = "measured" if peak == "measure" else "given"
-    gflops, gbytes = measure_peak(device, dtype or torch.float32) if peak == "measure" else peak
-    return replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)
+        return None, None, None
+    if not isinstance(peak, str):
+        return peak[0], peak[1], "given"
+    dtype = dtype or torch.float32
+    if peak in ("auto", "datasheet") and device.type == "cuda":
+        found = datasheet_peak(torch.cuda.get_device_name(device), dtype)
+        if found is not None:
+            return found.gflops, found.gbytes_per_s, f"datasheet: {found.name}, {found.precision}"
+    if peak == "datasheet":
+        raise ValueError(f"no datasheet peak for {device} in {dtype}; pass peak='measure' or (GFLOP/s, GB/s)")
+    gflops, gbytes = measure_peak(device, dtype)
+    return gflops, gbytes, "measured"
 
 
-def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: int, warmup: int,
-               device: torch.device, on_error: Callable[[nn.Module | None, Exception], Exception] | None = None
-               ) -> tuple[tuple[float | None, ...], Timing]:
-    """Median per-call times (seconds, in collection order) over ``repeat`` hooked passes of
-    ``run`` after ``warmup``, and the median of plain passes beside them, so that the distortion the
-    hooks add is visible. ``calls`` is the number of calls the counted pass made; a timed pass whose
-    calls differ (control flow) cannot be matched and is left out. A pass that raises is turned into
-    ``on_error(module, exc)`` (the module whose call raised, in a hooked pass)."""
-    clock = clock_for(device)
-    per_call: list[list[float]] = [[] for _ in range(calls)]
-    plain: list[float] = []
-    try:
-        with torch.no_grad():
-            for i in range(warmup + repeat):
-                elapsed = _timed(run, clock)
-                if i >= warmup:
-                    plain.append(elapsed)
-            hooked = _hooked(tree, run, clock, calls, repeat, warmup, per_call)
-    except _Failed as failed:
-        if on_error is None:
-            raise failed.exc from None
-        raise on_error(failed.module, failed.exc) from failed.exc
-    except Exception as exc:
-        if on_error is None:
-            raise
-        raise on_error(None, exc) from exc
-    times = tuple(statistics.median(t) if t else None for t in per_call)
-    return times, Timing(device=str(device), repeat=repeat, warmup=warmup,
-                         forward_ms=statistics.median(plain) * 1e3,
-                         hooked_forward_ms=statistics.median(hooked) * 1e3 if hooked else float("nan"),
-                         layer_sum_ms=float("nan"))
+# --- ranges per module call ---------------------------------------------------------------------------
 
+class _Ranges:
+    """Two process-wide module hooks opening a profiler range per call of the model's modules (this
+    thread only), named by the call's place in the pass; the module whose call raised is kept."""
 
-class _Failed(Exception):
-    def __init__(self, module: nn.Module | None, exc: Exception) -> None:
-        super().__init__(str(exc))
-        self.module, self.exc = module, exc
-
-
-class _Marks:
-    """Two process-wide module hooks taking a clock mark at the start and end of every call of the
-    model's modules (this thread only), in call order: what a timed pass records, nothing more."""
-
-    def __init__(self, tree: ModelTree, clock: Clock) -> None:
+    def __init__(self, tree: ModelTree) -> None:
         self.names = tree.first_names
-        self.clock = clock
-        self.marks: list[list[Any]] = []
-        self.open: list[list[Any]] = []
-        self.stack: list[Any] = []  # the innermost call, for a failure's name
-        self.failed: Any = None
+        self.handles: list[Any] = []
+        self.calls = 0
+        self.modules: list[nn.Module] = []  # open calls' modules, innermost last
+        self.failed: nn.Module | None = None
         self._thread = threading.get_ident()
+        self._enter = torch.ops.profiler._record_function_enter_new
+        self._exit = torch.ops.profiler._record_function_exit._RecordFunction
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
         if id(module) in self.names and threading.get_ident() == self._thread:
-            mark = [self.clock.mark(), None, module]
-            self.marks.append(mark)
-            self.open.append(mark)
+            self.handles.append(self._enter(f"{_RANGE}{self.calls}", None))
+            self.modules.append(module)
+            self.calls += 1
 
     def _post(self, module: nn.Module, args: tuple, kwargs: Any = None, output: Any = _RAISED) -> None:
-        end = self.clock.mark()
-        if id(module) not in self.names or threading.get_ident() != self._thread or not self.open:
+        if id(module) not in self.names or threading.get_ident() != self._thread or not self.handles:
             return
-        mark = self.open.pop()
-        mark[1] = end
+        self._exit(self.handles.pop())
+        self.modules.pop()
         if output is _RAISED and self.failed is None:
             self.failed = module
 
@@ -191,19 +148,144 @@ class _Marks:
                 handle.remove()
 
 
-def _hooked(tree: ModelTree, run: Callable[[], object], clock: Clock, calls: int, repeat: int, warmup: int,
-            per_call: list[list[float]]) -> list[float]:
-    hooked: list[float] = []
-    for i in range(warmup + repeat):
-        marks = _Marks(tree, clock)
+@contextmanager
+def _quiet_profiler() -> Iterator[None]:
+    """Kineto's own start/stop lines on stderr are held back (fd 2 goes to a file while the profiler
+    starts or stops); anything else written meanwhile is passed on."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (a notebook): nothing to hold back
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
         try:
-            with marks.hooks():
-                elapsed = _timed(run, clock)
-        except Exception as exc:
-            raise _Failed(marks.failed or (marks.open[-1][2] if marks.open else None), exc) from exc
-        if i < warmup or len(marks.marks) != calls:
-            continue
-        hooked.append(elapsed)
-        for j, (start, end, _) in enumerate(marks.marks):
-            per_call[j].append(clock.seconds(start, end) if end is not None else 0.0)
-    return hooked
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines()
+                    if line and not _KINETO_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
+@dataclass(frozen=True)
+class ProfiledPass:
+    """One profiled pass: its module calls' ranges (host clock, ms) and its attribution."""
+
+    calls: int
+    attribution: Attribution
+
+
+def _profiled(tree: ModelTree, run: Callable[[], object], device: torch.device) -> ProfiledPass:
+    from torch.autograd import profiler
+
+    ranges = _Ranges(tree)
+    with _quiet_profiler():
+        prof = profiler.profile(use_kineto=True, use_cpu=True, use_device="cuda" if device.type == "cuda" else None)
+        prof.__enter__()
+    try:
+        with ranges.hooks():
+            run()
+            _synchronize(device)
+    except Exception as exc:
+        with _quiet_profiler():
+            prof.__exit__(None, None, None)
+        raise _Failed(ranges.failed or (ranges.modules[-1] if ranges.modules else None), exc) from exc
+    with _quiet_profiler():
+        prof.__exit__(None, None, None)
+    return ProfiledPass(ranges.calls, _attribution(prof.kineto_results.events(), ranges.calls, device))
+
+
+def _attribution(events: list[Any], calls: int, device: torch.device) -> Attribution:
+    """Ranges and activities (ms) from the profiler's events, and who they are charged to."""
+    spans: dict[int, tuple[float, float]] = {}
+    thread = None
+    for e in events:
+        name = e.name()
+        if e.is_user_annotation() and name.startswith(_RANGE):
+            spans[int(name[len(_RANGE):])] = (e.start_ns() / 1e6, e.end_ns() / 1e6)
+            thread = e.start_thread_id()
+    ranges = [spans.get(i, (0.0, 0.0)) for i in range(calls)]
+    ops = [e for e in events if e.activity_type() == "cpu_op" and e.start_thread_id() == thread]
+    if device.type == "cuda":
+        launched = {e.correlation_id(): e.start_ns() / 1e6 for e in ops}
+        launched.update({e.linked_correlation_id(): e.start_ns() / 1e6 for e in events
+                         if e.activity_type() == "cuda_runtime" and e.linked_correlation_id() in launched})
+        activities = [Activity(e.start_ns() / 1e6, e.end_ns() / 1e6, launched[e.linked_correlation_id()])
+                      for e in events if e.device_type() != torch.autograd.DeviceType.CPU
+                      and e.activity_type() in _DEVICE_ACTIVITY and e.linked_correlation_id() in launched]
+    else:
+        activities = [Activity(start, end, start) for start, end in _top_level(ops)]
+    return attribute(ranges, activities)
+
+
+def _top_level(ops: list[Any]) -> list[tuple[float, float]]:
+    """The ops not run inside another op (an aten::linear, not the addmm it calls), in ms."""
+    spans = sorted(((e.start_ns() / 1e6, e.end_ns() / 1e6) for e in ops), key=lambda s: (s[0], -s[1]))
+    out: list[tuple[float, float]] = []
+    for start, end in spans:
+        if not out or start >= out[-1][1]:
+            out.append((start, end))
+    return out
+
+
+class _Failed(Exception):
+    def __init__(self, module: nn.Module | None, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.module, self.exc = module, exc
+
+
+@dataclass(frozen=True)
+class CallTimes:
+    """Per call of the counted pass (its order), in ms: device busy and idle time, and host time."""
+
+    busy_ms: tuple[float | None, ...]
+    idle_ms: tuple[float | None, ...]
+    host_ms: tuple[float | None, ...]
+
+
+def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: int, warmup: int,
+               device: torch.device, on_error: Callable[[nn.Module | None, Exception], Exception] | None = None
+               ) -> tuple[CallTimes, Timing]:
+    """Per-call times of the profiled pass with the median span among ``repeat`` (after ``warmup``),
+    and the median of as many plain passes beside it. ``calls`` is the number of calls the counted
+    pass made; a pass whose calls differ (control flow) cannot be matched and is left out. A pass
+    that raises is turned into ``on_error(module, exc)`` (the module whose call raised)."""
+    plain: list[float] = []
+    passes: list[ProfiledPass] = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeat):
+                elapsed = _seconds(run, device)
+                if i >= warmup:
+                    plain.append(elapsed * 1e3)
+            for i in range(warmup + repeat):
+                profiled = _profiled(tree, run, device)
+                if i >= warmup and profiled.calls == calls:
+                    passes.append(profiled)
+    except _Failed as failed:
+        if on_error is None:
+            raise failed.exc from None
+        raise on_error(failed.module, failed.exc) from failed.exc
+    except Exception as exc:
+        if on_error is None:
+            raise
+        raise on_error(None, exc) from exc
+    forward_ms = statistics.median(plain)
+    if not passes:
+        return CallTimes((None,) * calls, (None,) * calls, (None,) * calls), Timing(
+            device=str(device), repeat=repeat, warmup=warmup, forward_ms=forward_ms, profiled_ms=None,
+            busy_ms=None, idle_ms=None, note="every profiled pass made other calls than the counted one "
+                                             "(control flow): no per-call times")
+    chosen = sorted(passes, key=lambda p: p.attribution.span)[len(passes) // 2].attribution
+    busy, idle = list(chosen.busy), list(chosen.idle)
+    if calls:  # work launched outside every call (before the model's pre-hook, after its post-hook) is its own
+        busy[0] += chosen.outside_busy
+        idle[0] += chosen.outside_idle
+    return CallTimes(tuple(busy), tuple(idle), chosen.host), Timing(
+        device=str(device), repeat=repeat, warmup=warmup, forward_ms=forward_ms, profiled_ms=chosen.span,
+        busy_ms=chosen.busy_total, idle_ms=chosen.idle_total)
