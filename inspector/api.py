@@ -160,7 +160,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
             device: Any = None, dtype: Any = None, mode: str | None = None, flops: str = "matmul",
             formulas: dict[Any, Any] | None = None, timing: bool = False, repeat: int = 10, warmup: int = 2,
             peak: Any = "measure", backward: bool = False, loss_fn: Any = None, optimizer: Any = None,
-            autocast: Any = None, name: str | None = None) -> Report:
+            autocast: Any = None, name: str | None = None, generate: int | None = None) -> Report:
     """Count what ``model`` does on one pass, layer by layer (see the README for every argument).
 
     ``inputs``: a tensor, a tuple of positional inputs, or a mapping of keyword inputs; ``kwargs``
@@ -171,11 +171,12 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     or "all" (plus elementwise work). ``formulas``: per-call MAC formulas for ops, by name.
     ``timing``: per-layer times (``repeat`` after ``warmup``) and a roofline against ``peak``.
     ``backward``: also a training step (``loss_fn``, ``optimizer``, ``autocast``) with backward
-    MACs and its memory. ``name``: the report's model name.
+    MACs and its memory. ``name``: the report's model name. ``generate``: N decode steps after a
+    prefill on the inputs, with the model's KV cache (``report.generation``; see inspector.generation).
     """
     opts = validate(device=device, dtype=dtype, mode=mode or ("train" if backward else "eval"), timing=timing,
                     repeat=repeat, warmup=warmup, peak=peak, flops=flops, formulas=formulas, backward=backward,
-                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name)
+                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name, generate=generate)
     model, notes = _unwrap(model)
     tree = _tree(model, notes)
     model = tree.model
@@ -228,6 +229,11 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
                             meta=target.type == "meta")
         if target.type == "meta" and not opts.backward:
             collector.fuse_rnns(counter)
+        if opts.generate is not None:
+            from inspector.generation import generate as generation
+
+            return generation(tree, run, state, args, kw, target, opts, counter.guard,
+                              lambda col, ctr, exc, phase: failure(col, ctr, exc, target, phase))
         if opts.backward:
             from inspector.training import train_step
 
