@@ -18,7 +18,7 @@ from torch import nn
 
 from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
-from inspector import build
+from inspector import adapters, build
 from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
@@ -183,6 +183,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     if tree.scripted:
         notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
                      "inside runs in the TorchScript interpreter, out of reach of module hooks)")
+    notes += filter(None, [adapters.note(tree)])
     model_at = inputs_mod.model_device(tree)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":
