@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tabulate import tabulate
+
 from inspector.units import human, size
 
 DECODE_ROWS = 3  # decode steps shown one by one: the first, the middle and the last (all when fewer)
@@ -53,8 +55,6 @@ def generation_rows(g: Any, exact: bool = False) -> tuple[list[str], list[list[s
 
 def generation_text(report: Any, tablefmt: str = "simple", exact: bool = False) -> list[str]:
     """The generation table with the lines around it (nothing when the report has no generation)."""
-    from inspector.render import tabulate
-
     g = report.generation
     if g is None:
         return []
@@ -64,7 +64,8 @@ def generation_text(report: Any, tablefmt: str = "simple", exact: bool = False) 
              f"fed back with the KV cache; decode step i attends over {g.prompt_len:,} + i keys, its own "
              f"included{encoder}"]
     headers, rows = generation_rows(g, exact)
-    lines.append(tabulate(rows, headers, tablefmt, ["left", *["right"] * (len(headers) - 1)]))
+    lines.append(tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True,
+                          colalign=["left", *["right"] * (len(headers) - 1)]))
     cross = f", of which {size(g.cross_cache_bytes)} cross-attention (fixed)" if g.cross_cache_bytes else ""
     lines.append(f"KV cache: {size(g.kv_cache_bytes)} after the last step ({size(g.kv_cache_bytes_per_token)} per "
                  f"token of each sequence{cross}); a decode step reads the weights it uses and the whole cache")

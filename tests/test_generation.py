@@ -12,7 +12,7 @@ import torch
 
 from inspector import InputError, inspect, inspect_spec, load
 from inspector.compare import compare
-from tests.conftest import assert_untouched, snapshot
+from tests.conftest import assert_untouched, cuda, snapshot
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,6 +86,16 @@ def test_gpt2_counts_identical_on_cpu_and_meta(gpt2_runs):
     assert figures(runs["cpu"].generation) == figures(runs["meta"].generation)
     cpu, meta = runs["cpu"].generation.decode_step, runs["meta"].generation.decode_step
     assert [(r.name, r.inclusive_macs) for r in cpu.layers] == [(r.name, r.inclusive_macs) for r in meta.layers]
+
+
+@cuda
+def test_gpt2_counts_identical_on_cuda(gpt2_runs):
+    model, runs = gpt2_runs
+    before = snapshot(model)
+    on_cuda = inspect(model, {"input_ids": ids()}, generate=N, device="cuda", peak="measure").generation
+    assert figures(on_cuda) == figures(runs["cpu"].generation)
+    assert on_cuda.peak_source == "measured" and on_cuda.decode_tokens_per_s > 0
+    assert_untouched(model, before)
 
 
 def test_roofline_bounds_from_a_stated_peak(gpt2_runs):
