@@ -47,11 +47,19 @@ def _named(model: nn.Module, args: tuple, kw: dict) -> dict[str, Any]:
     if not args:
         return dict(kw)
     try:
-        bound = pyinspect.signature(model.forward).bind(*args, **kw)
+        signature = pyinspect.signature(model.forward)
+        bound = signature.bind(*args, **kw)
     except (TypeError, ValueError):
         raise InputError(f"generate= passes inputs by name: give {type(model).__name__} its inputs as a "
                          "dict ({'input_ids': ids})") from None
-    return dict(bound.arguments)
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is pyinspect.Parameter.VAR_POSITIONAL:
+            raise InputError(f"generate= passes inputs by name; {type(model).__name__}.forward takes *{name}: "
+                             "give its inputs as a dict")
+        named.update(value if kind is pyinspect.Parameter.VAR_KEYWORD else {name: value})
+    return named
 
 
 class Plan:
@@ -244,6 +252,9 @@ def generate(tree: ModelTree, run: Run, state: dict, args: tuple, kw: dict, targ
     logits = _field(out, "logits")
     prefill_logits = logits.shape[-2] if isinstance(logits, torch.Tensor) and logits.dim() >= 2 else None
     encoded = _field(out, "encoder_last_hidden_state")
+    if plan.encoder_decoder and encoded is None:
+        raise InputError(f"{type(model).__name__} returned no encoder_last_hidden_state: decode steps reuse the "
+                         "encoder's output (return_dict must stay on)")
     report = build.report(tree, run, prefill, opts.dtype)
     weight_bytes, prefill_cache = reads(prefill.frames), cache_bytes(cache)
     cross = cache_bytes(getattr(cache, "cross_attention_cache", None))

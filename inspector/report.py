@@ -194,10 +194,15 @@ class Generation:
         return tuple(self._seconds(m, b) for m, b in zip(self.decode_macs, self.decode_read_bytes))  # type: ignore
 
     @property
+    def prefill_tokens(self) -> int:
+        """Tokens the prefill took in: the prompt of every sequence (and the encoder's input)."""
+        return self.batch * (self.prompt_len + (self.encoder_len or 0))
+
+    @property
     def prefill_tokens_per_s(self) -> float | None:
-        """Upper bound on prompt tokens per second (all sequences of the batch)."""
+        """Upper bound on prompt tokens per second (all sequences of the batch, encoder input included)."""
         t = self.prefill_seconds
-        return self.batch * self.prompt_len / t if t else None
+        return self.prefill_tokens / t if t else None
 
     @property
     def decode_tokens_per_s(self) -> float | None:
@@ -213,7 +218,7 @@ class Generation:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items() if k != "decode_step"}
-        out.update(kv_cache_bytes=self.kv_cache_bytes, kv_cache_bytes_per_token=self.kv_cache_bytes_per_token,
+        out.update(prefill_tokens=self.prefill_tokens, kv_cache_bytes=self.kv_cache_bytes, kv_cache_bytes_per_token=self.kv_cache_bytes_per_token,
                    decode_read_bytes=list(self.decode_read_bytes), prefill_tokens_per_s=self.prefill_tokens_per_s,
                    decode_tokens_per_s=self.decode_tokens_per_s,
                    decode_step=None if self.decode_step is None else self.decode_step.to_dict())

@@ -31,7 +31,7 @@ def generation_rows(g: Any, exact: bool = False) -> tuple[list[str], list[list[s
     """Headers and rows: the prefill, chosen decode steps, and all decode steps together."""
     roofed = g.peak_gflops is not None
     headers = ["Phase", "Tokens", "Keys", "MACs", "MACs/token", "Weights read", "Cache", "Bound tokens/s", "Bound by"]
-    prefill_tokens = g.batch * g.prompt_len
+    prefill_tokens = g.prefill_tokens
     rows = [["prefill", f"{prefill_tokens:,}", f"{g.prompt_len:,}", _n(g.prefill_macs, exact),
              human(g.prefill_macs / prefill_tokens), size(g.prefill_weight_bytes),
              f"{size(g.prefill_cache_bytes)} written", _rate(g.prefill_tokens_per_s),
@@ -60,7 +60,8 @@ def generation_text(report: Any, tablefmt: str = "simple", exact: bool = False) 
         return []
     encoder = "" if g.encoder_macs is None else \
         f"; the encoder ran once in the prefill over {g.encoder_len:,} tokens ({_n(g.encoder_macs, exact)} MACs)"
-    lines = [f"Generation: batch {g.batch}, prompt {g.prompt_len:,} tokens, {g.new_tokens:,} decode steps of one token "
+    tokens = "token" if g.prompt_len == 1 else "tokens"
+    lines = [f"Generation: batch {g.batch}, prompt {g.prompt_len:,} {tokens}, {g.new_tokens:,} decode steps of one token "
              f"fed back with the KV cache; decode step i attends over {g.prompt_len:,} + i keys, its own "
              f"included{encoder}"]
     headers, rows = generation_rows(g, exact)

@@ -178,6 +178,7 @@ def test_t5_runs_its_encoder_once():
         # over the 8 encoder tokens 2 x 8 x 32^2 (cached), cross scores 2 x 8 x 32, feed-forward; LM head 32 x 100
         decoder = 2 * (4 * 1024 + 64 + 2 * 1024 + 2 * 8 * 1024 + 512 + 2 * 32 * 64) + 32 * 100
         assert g.prompt_len == 1 and g.prefill_macs == 139_264 + decoder == 196_864
+        assert g.prefill_tokens == 8 + 1  # the encoder's input and the decoder's start token
         # decode step c: self 4 x 32^2 + 2c x 32, cross q o only (its keys cached), cross scores, feed-forward
         assert g.decode_macs == tuple(2 * (4096 + 64 * c + 2048 + 512 + 4096) + 3200 for c in (2, 3, 4))
         assert g.cross_cache_bytes == 2 * 2 * 8 * 32 * 4 == 4_096  # cross keys and values over the encoder tokens
@@ -253,6 +254,11 @@ def test_a_peft_lora_step_computes_no_base_weight_gradient():
 
 
 # --- errors ------------------------------------------------------------------------------------------------
+
+def test_positional_inputs_are_passed_by_name():
+    report = inspect(gpt2(), ids(), kwargs={"attention_mask": torch.ones(1, P, dtype=torch.long)}, generate=1, peak=None)
+    assert report.generation.decode_macs == (L * (12 * D * D + 2 * 9 * D) + D * V,)  # c = 9: 107,008
+
 
 def test_a_model_without_a_cache_is_refused_in_one_line():
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
