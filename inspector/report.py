@@ -419,6 +419,8 @@ class Report:
     def summary_line(self) -> str:
         """One line: "resnet50: 25.6 M params, 4.09 GMACs, 8.18 GFLOPs, 102 MB"."""
         parts = [f"{human(self.total_params)} params"]
+        if self.experts is not None:
+            parts.append(f"{human(self.active_params)} active")
         if self.ran:
             parts += [f"{human(self.total_macs, 'MACs')}", f"{human(self.total_flops, 'FLOPs')}"]
         if self.training is not None:

@@ -224,6 +224,37 @@ def test_a_mixtral_decode_step_reads_only_the_routed_experts():
     assert g.decode_step.active_params == 115_520
 
 
+class ListMoE(torch.nn.Module):
+    """Experts as a ModuleList of MLPs with biases, top-1 routing in an eager loop over the experts hit."""
+
+    def __init__(self, experts=4, width=8, hidden=16):
+        super().__init__()
+        self.router = torch.nn.Linear(width, experts, bias=False)
+        self.experts = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.ReLU(),
+                                                               torch.nn.Linear(hidden, width))
+                                           for _ in range(experts))
+
+    def forward(self, x):
+        tokens = x.reshape(-1, x.shape[-1])
+        choice = self.router(tokens).argmax(-1)
+        out = torch.zeros_like(tokens)
+        for e in choice.unique().tolist():
+            rows = choice == e
+            out[rows] = self.experts[e](tokens[rows])
+        return out.reshape(x.shape)
+
+
+def test_a_module_list_of_experts_with_biases():
+    model = ListMoE()
+    report = inspect(model, torch.randn(2, 5, 8))
+    expert = 8 * 16 + 16 + 16 * 8 + 8  # weights 256, biases 24: 280
+    assert report.total_params == 4 * 8 + 4 * expert == 1_152
+    # 10 tokens, each through one expert: 10 x 256 MACs over 10 tokens and 4 x 256 weights = a quarter,
+    # of every expert parameter (biases too): one expert's 280
+    assert report.experts.shares == (0.25,) and report.experts.active_expert_params == expert
+    assert report.active_params == 1_152 - (4 - 1) * expert == 312
+
+
 def test_a_dense_model_has_no_experts():
     report = inspect(gpt2(), {"input_ids": ids()})
     assert report.experts is None and report.active_params == report.total_params
