@@ -236,14 +236,56 @@ def _peak(opts: Options, target: torch.device, dtype: torch.dtype | None) -> tup
     return gflops, gbytes, "measured", []
 
 
+def _decode(tree: ModelTree, plan: Plan, state: dict, cache: Any, encoded: Any, reads: WeightReads,
+            target: torch.device, opts: Options, guard: Any, fail: Fail
+            ) -> tuple[list[tuple[int, int, int]], Collection | None, dict[str, Any], dict[str, int], dict[str, str]]:
+    """The decode steps: per step (MACs, weight bytes read, cache bytes after it), the last step's
+    collection and inputs, and the ops any step could not count."""
+    steps: list[tuple[int, int, int]] = []
+    last: Collection | None = None
+    inputs: dict[str, Any] = {}
+    uncounted: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    for i in range(1, (opts.generate or 0) + 1):
+        inputs = plan.step(i, cache, encoded)
+        out, last = _count(tree, state, inputs, target, opts, guard, fail, f"decode step {i}")
+        returned = _field(out, *CACHE_ARGS)
+        cache = cache if returned is None else returned
+        steps.append((_macs(last), reads(last.frames), cache_bytes(cache)))
+        for op, calls in last.uncounted.items():
+            uncounted[op] = uncounted.get(op, 0) + calls
+        errors.update(last.formula_errors)
+    return steps, last, inputs, uncounted, errors
+
+
+def _step_report(tree: ModelTree, run: Run, last: Collection | None, inputs: dict[str, Any], opts: Options
+                 ) -> Report | None:
+    """The last decode step as a report of its own."""
+    if last is None:
+        return None
+    tensors = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
+    step_run = replace(run, model=f"{run.model} decode step {opts.generate}", notes=(),
+                       input_shapes=tuple(tuple(t.shape) for t in tensors),
+                       input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in tensors))
+    return build.report(tree, step_run, last, opts.dtype)
+
+
+def _prefill_notes(plan: Plan, prefill_logits: int | None) -> list[str]:
+    notes = list(plan.notes)
+    if prefill_logits is not None and prefill_logits > 1:
+        notes.append(f"the prefill computed logits at {prefill_logits} positions (the forward as given); "
+                     "generate() keeps only the last: pass logits_to_keep=1 (--last-logits)")
+    return notes
+
+
 def generate(tree: ModelTree, run: Run, state: dict, args: tuple, kw: dict, target: torch.device, opts: Options,
              guard: Any, fail: Fail) -> Report:
     """The prefill's report (its layers) with a ``generation`` part: every decode step's MACs,
-    reads and cache, and the last step as a report of its own. Runs inside the borrow."""
+    reads and cache, and the last step as a report of its own. Runs inside the borrow. Ops a decode
+    step could not count are the report's too (it is then incomplete)."""
     model = tree.model
     plan = Plan(model, _named(model, args, kw))
-    size = build.sizer(opts.dtype)
-    reads = WeightReads(tree, size)
+    reads = WeightReads(tree, build.sizer(opts.dtype))
     out, prefill = _count(tree, state, plan.inputs, target, opts, guard, fail, "the prefill")
     cache = _field(out, *CACHE_ARGS)
     if cache is None:
@@ -258,33 +300,21 @@ def generate(tree: ModelTree, run: Run, state: dict, args: tuple, kw: dict, targ
     report = build.report(tree, run, prefill, opts.dtype)
     weight_bytes, prefill_cache = reads(prefill.frames), cache_bytes(cache)
     cross = cache_bytes(getattr(cache, "cross_attention_cache", None))
-    steps: list[tuple[int, int, int]] = []
-    last: Collection | None = None
-    step_inputs: dict[str, Any] = {}
-    for i in range(1, opts.generate + 1):
-        step_inputs = plan.step(i, cache, encoded)
-        out, last = _count(tree, state, step_inputs, target, opts, guard, fail, f"decode step {i}")
-        returned = _field(out, *CACHE_ARGS)
-        cache = cache if returned is None else returned
-        steps.append((_macs(last), reads(last.frames), cache_bytes(cache)))
-    decode_step = None
-    if last is not None:
-        shapes = tuple(tuple(v.shape) for v in step_inputs.values() if isinstance(v, torch.Tensor))
-        step_run = replace(run, model=f"{run.model} decode step {opts.generate}", input_shapes=shapes,
-                           input_dtypes=tuple(str(v.dtype).replace("torch.", "") for v in step_inputs.values()
-                                              if isinstance(v, torch.Tensor)), notes=())
-        decode_step = build.report(tree, step_run, last, opts.dtype)
-    notes = list(plan.notes)
-    if prefill_logits is not None and prefill_logits > 1:
-        notes.append(f"the prefill computed logits at {prefill_logits} positions (the forward as given); "
-                     "generate() keeps only the last: pass logits_to_keep=1 (--last-logits)")
+    steps, last, step_inputs, uncounted, errors = _decode(tree, plan, state, cache, encoded, reads, target, opts,
+                                                          guard, fail)
     gflops, gbytes, source, peak_notes = _peak(opts, target, opts.dtype)
     generation = Generation(
-        batch=plan.batch, prompt_len=plan.prompt_len, new_tokens=opts.generate, prefill_macs=report.total_macs or 0,
-        prefill_logits=prefill_logits, prefill_weight_bytes=weight_bytes, prefill_cache_bytes=prefill_cache,
-        decode_macs=tuple(s[0] for s in steps), cache_lens=tuple(plan.prompt_len + i for i in range(1, len(steps) + 1)),
+        batch=plan.batch, prompt_len=plan.prompt_len, new_tokens=opts.generate or 0,
+        prefill_macs=report.total_macs or 0, prefill_logits=prefill_logits, prefill_weight_bytes=weight_bytes,
+        prefill_cache_bytes=prefill_cache, decode_macs=tuple(s[0] for s in steps),
+        cache_lens=tuple(plan.prompt_len + i for i in range(1, len(steps) + 1)),
         decode_weight_bytes=tuple(s[1] for s in steps), cache_bytes=tuple(s[2] for s in steps),
         cross_cache_bytes=cross, encoder_macs=_encoder_macs(tree, report) if plan.encoder_decoder else None,
-        encoder_len=plan.inputs["input_ids"].shape[-1] if plan.encoder_decoder else None, decode_step=decode_step,
-        peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source, notes=tuple(notes + peak_notes))
-    return replace(report, generation=generation)
+        encoder_len=plan.inputs["input_ids"].shape[-1] if plan.encoder_decoder else None,
+        decode_step=_step_report(tree, run, last, step_inputs, opts), peak_gflops=gflops, peak_gbytes_per_s=gbytes,
+        peak_source=source, notes=tuple(_prefill_notes(plan, prefill_logits) + peak_notes))
+    merged = dict(report.uncounted_ops)
+    for op, calls in uncounted.items():
+        merged[op] = merged.get(op, 0) + calls
+    return replace(report, generation=generation, uncounted_ops=merged,
+                   formula_errors={**errors, **report.formula_errors})

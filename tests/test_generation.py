@@ -284,6 +284,39 @@ def test_a_peft_lora_step_computes_no_base_weight_gradient():
     assert report.crosscheck() == []
 
 
+# --- any model with the cache protocol -------------------------------------------------------------------
+
+@torch.library.custom_op("inspector_generation_test::mystery", mutates_args=())
+def _mystery(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+class CachedToy(torch.nn.Module):
+    """forward(input_ids, cache, use_cache) -> {"logits", "cache"}: the cache a tensor of every embedding so
+    far; decode steps run a custom operator no formula knows."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, input_ids, cache=None, use_cache=False):
+        h = self.embed(input_ids)
+        if cache is not None:
+            h = torch.ops.inspector_generation_test.mystery(h)
+        cache = h if cache is None else torch.cat([cache, h], dim=1)
+        return {"logits": self.head(h), "cache": cache}
+
+
+def test_any_model_with_a_cache_and_an_uncounted_decode_op_is_incomplete():
+    report = inspect(CachedToy(), {"input_ids": torch.zeros(1, 5, dtype=torch.long)}, generate=2, peak=None)
+    g = report.generation
+    assert g.prefill_macs == 5 * 4 * 10 and g.decode_macs == (4 * 10, 4 * 10)  # the head per position
+    assert g.cache_bytes == ((5 + 1) * 4 * 4, (5 + 2) * 4 * 4)  # one float32 embedding per token
+    assert report.uncounted_ops == {"inspector_generation_test.mystery": 2} and not report.complete
+    assert any(u.op == "inspector_generation_test.mystery" for u in report.crosscheck())
+
+
 # --- errors ------------------------------------------------------------------------------------------------
 
 def test_positional_inputs_are_passed_by_name():
