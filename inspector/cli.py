@@ -152,6 +152,9 @@ def _check_generation(args: argparse.Namespace) -> None:
         raise CliError("--last-logits applies to the prefill of --generate N: add --generate")
     if args.generate is not None and (getattr(args, "backward", False) or getattr(args, "timing", False)):
         raise CliError("--generate counts serving; --backward and --timing are separate runs")
+    names = [args.model] if hasattr(args, "model") else list(args.models)
+    if args.hf_class and not any(n.lower().startswith("hf:") for n in names):
+        raise CliError("--hf-class chooses the transformers class of an hf: model; name one (hf:path/to/config_dir)")
 
 
 def _build_options(args: argparse.Namespace) -> dict:

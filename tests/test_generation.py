@@ -381,9 +381,12 @@ def test_cli_generate_prints_a_prefill_decode_table(gpt2_dir):
 
 def test_cli_generate_options_checked_up_front(gpt2_dir):
     for args, message in [(["--prompt-len", "16"], "add --generate"), (["--last-logits"], "add --generate"),
-                          (["--generate", "2", "--hf-class", "GPT2LMHeadMod"], "closest: GPT2LMHeadModel")]:
+                          (["--generate", "2", "--hf-class", "GPT2LMHeadMod"], "closest: GPT2LMHeadModel"),
+                          (["--prompt-len", "16", "--generate", "2", "--seq-len", "16"], "once")]:
         out = run_cli("summary", f"hf:{gpt2_dir}", "--device", "meta", *args)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("summary", "resnet18", "--hf-class", "GPT2Model")
+    assert out.returncode == 2 and "hf: model" in out.stderr
 
 
 def test_compare_takes_the_generation_options(gpt2_dir):
