@@ -27,11 +27,18 @@ __version__ = "0.2.0"
 
 
 def inspect_spec(spec: ModelSpec, **options):  # noqa: ANN001, ANN201 - forwards inspect's options
-    """``inspect`` a model a source built, with its example inputs, device and name."""
+    """``inspect`` a model a source built, with its example inputs, device and name; the source's
+    notes (the class it built) come first among the report's."""
     options.setdefault("device", spec.device)
     options.setdefault("name", spec.name)
     if options.get("input_size") is None and spec.args is None and spec.input_size is not None:
         options["input_size"] = spec.input_size
     if options.get("input_size") is not None:
-        return inspect(spec.module, **options)
-    return inspect(spec.module, spec.args, kwargs=dict(spec.kwargs), **options)
+        report = inspect(spec.module, **options)
+    else:
+        report = inspect(spec.module, spec.args, kwargs=dict(spec.kwargs), **options)
+    if not spec.notes:
+        return report
+    from dataclasses import replace
+
+    return replace(report, run=replace(report.run, notes=(*spec.notes, *report.run.notes)))

@@ -18,8 +18,8 @@ from torch import nn
 
 from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
-from inspector import build
-from inspector.collect import Collection, Collector, Frame, Live, OpCounter, OpInfo, tensor_leaves
+from inspector import adapters, build
+from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, with_hint)
@@ -160,7 +160,8 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
             device: Any = None, dtype: Any = None, mode: str | None = None, flops: str = "matmul",
             formulas: dict[Any, Any] | None = None, timing: bool = False, repeat: int = 10, warmup: int = 2,
             peak: Any = "auto", backward: bool = False, loss_fn: Any = None, optimizer: Any = None,
-            autocast: Any = None, name: str | None = None, count_on: str = "auto") -> Report:
+            autocast: Any = None, name: str | None = None, count_on: str = "auto", generate: int | None = None
+            ) -> Report:
     """Count what ``model`` does on one pass, layer by layer (see the README for every argument).
 
     ``inputs``: a tensor, a tuple of positional inputs, or a mapping of keyword inputs; ``kwargs``
@@ -173,17 +174,20 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     MFU and a roofline against ``peak``. ``count_on``: "auto" (meta copies for a forward on a GPU,
     the device elsewhere), "meta" or "device".
     ``backward``: also a training step (``loss_fn``, ``optimizer``, ``autocast``) with backward
-    MACs and its memory. ``name``: the report's model name.
+    MACs and its memory. ``name``: the report's model name. ``generate``: N decode steps after a
+    prefill on the inputs, with the model's KV cache (``report.generation``; see inspector.generation).
     """
     opts = validate(device=device, dtype=dtype, mode=mode or ("train" if backward else "eval"), timing=timing,
                     repeat=repeat, warmup=warmup, peak=peak, flops=flops, formulas=formulas, backward=backward,
-                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name, count_on=count_on)
+                    loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name, count_on=count_on,
+                    generate=generate)
     model, notes = _unwrap(model)
     tree = _tree(model, notes)
     model = tree.model
     if tree.scripted:
         notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
                      "inside runs in the TorchScript interpreter, out of reach of module hooks)")
+    notes += filter(None, [adapters.note(tree)])
     model_at = inputs_mod.model_device(tree)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":
@@ -223,6 +227,12 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
     borrow is plain data. A forward on a GPU is counted on meta copies (see ``_count_on_meta``)."""
     training = times = timing = None
     with Borrow(tree, opts.mode) as borrow:
+        if opts.generate is not None:
+            from inspector.generation import generate as generation
+
+            return generation(tree, run, substitute_state(tree, target, opts.dtype), args, kw, target, opts,
+                              borrow.guard if borrow.owns_data else None,
+                              lambda col, ctr, exc, phase: failure(col, ctr, exc, target, phase))
         collection = None
         if _count_on_meta(target, opts):
             try:
@@ -258,10 +268,9 @@ def _count_on_meta(target: torch.device, opts: Options) -> bool:
 
 
 def _collector(tree: ModelTree, opts: Options, device: torch.device, borrow: Borrow) -> tuple[Collector, OpCounter]:
-    live = Live()
-    collector = Collector(tree, grads=opts.backward, live=live)
+    collector = Collector(tree, grads=opts.backward)
     counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
-                        meta=device.type == "meta", live=live)
+                        meta=device.type == "meta", live=collector.live)
     if device.type == "meta" and not opts.backward:
         collector.fuse_rnns(counter)
     return collector, counter

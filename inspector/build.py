@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from inspector import experts
 from inspector.closed_forms import evaluate, evaluate_backward
 from inspector.collect import Collection, Frame
 from inspector.errors import first_line
@@ -277,13 +278,16 @@ def report(tree: ModelTree, run: Run, collection: Collection, dtype: torch.dtype
     totals = param_totals(tree, dtype)
     every = (*collection.frames, collection.outside)
     parents = {f.parent for f in collection.frames} - {None}
+    total_macs = sum(f.macs for f in every)
+    moe = experts.summary(experts.measure(tree, collection.frames, sizer(dtype)), totals.params, total_macs)
     return Report(run=replace(run, notes=run.notes + notes), total_params=totals.params,
                   trainable_params=totals.trainable, buffer_elements=totals.buffer_elements,
                   param_bytes=totals.param_bytes, buffer_bytes=totals.buffer_bytes,
-                  total_macs=sum(f.macs for f in every), elementwise_flops=sum(f.flops for f in every),
+                  total_macs=total_macs, elementwise_flops=sum(f.flops for f in every),
                   peak_activation_bytes=collection.peak_bytes, uncounted_ops=dict(collection.uncounted),
                   formula_errors=dict(collection.formula_errors), timing=timing, training=training,
-                  leaf_calls=len(collection.frames) - len(parents), layers=layers, uncalled=uncalled)
+                  leaf_calls=len(collection.frames) - len(parents), layers=layers, uncalled=uncalled,
+                  experts=moe)
 
 
 def params_only(tree: ModelTree, run: Run) -> Report:

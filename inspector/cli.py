@@ -139,6 +139,28 @@ def _check_summary(args: argparse.Namespace) -> None:
         raise CliError("give the batch inside --input-size (its first number), not with --batch as well")
     if ":" not in args.model and (args.model.endswith(".py") or "/" in args.model):
         raise CliError(f"name a model inside the file: {args.model}:ClassName (or :factory)")
+    _check_generation(args)
+
+
+def _check_generation(args: argparse.Namespace) -> None:
+    """--generate and its options, for summary and compare."""
+    if args.prompt_len and args.generate is None:
+        raise CliError("--prompt-len is the prompt of --generate N: add --generate (or give --seq-len)")
+    if args.prompt_len and args.seq_len:
+        raise CliError("give the prompt's length once: --prompt-len (with --generate) or --seq-len")
+    if args.last_logits and args.generate is None:
+        raise CliError("--last-logits applies to the prefill of --generate N: add --generate")
+    if args.generate is not None and (getattr(args, "backward", False) or getattr(args, "timing", False)):
+        raise CliError("--generate counts serving; --backward and --timing are separate runs")
+    names = [args.model] if hasattr(args, "model") else list(args.models)
+    if args.hf_class and not any(n.lower().startswith("hf:") for n in names):
+        raise CliError("--hf-class chooses the transformers class of an hf: model; name one (hf:path/to/config_dir)")
+
+
+def _build_options(args: argparse.Namespace) -> dict:
+    """What summary and compare pass to the sources."""
+    return {"batch": args.batch, "seq_len": args.prompt_len or args.seq_len, "input_size": args.input_size,
+            "model_class": args.hf_class, "generate": args.generate, "last_logits": args.last_logits}
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -146,11 +168,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     _check_summary(args)
     device = _device(args.device) or "cpu"
-    spec = load(args.model, device=device, batch=args.batch, seq_len=args.seq_len, input_size=args.input_size)
+    spec = load(args.model, device=device, **_build_options(args))
     report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
                           peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
                           count_on=args.count_on,
-                          mode=args.mode)
+                          mode=args.mode, generate=args.generate)
     columns = args.columns.split(",") if args.columns else None
     print(report.render(args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
                         by=args.sort))
@@ -177,11 +199,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         names += list_names("tv", args.family)
     if not names:
         raise CliError("name models to compare, or pass --all")
+    _check_generation(args)
     for name in names:
         if ":" not in name:
             check_name(name)  # an unknown torchvision name fails before anything is built
-    result = compare(names, device=device, progress=_progress_bar(args.progress), batch=args.batch,
-                     seq_len=args.seq_len, input_size=args.input_size)
+    result = compare(names, device=device, progress=_progress_bar(args.progress), **_build_options(args))
     if args.sort:
         result = result.sorted(args.sort, descending=args.descending)
     print(output.render(result, args.format), end="" if args.format == "csv" else "\n")
@@ -239,6 +261,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return OK if not report.crosscheck() and report.total_params == published.num_params else FAILED
 
 
+def _generation_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation (language models)")
+    g.add_argument("--generate", type=_natural, metavar="N",
+                   help="a prefill on the prompt, then N decode steps with the KV cache: a prefill/decode table")
+    g.add_argument("--prompt-len", type=_positive, metavar="P", help="prompt tokens for --generate (default 128)")
+    g.add_argument("--last-logits", action="store_true",
+                   help="the prefill computes logits at the last position only (logits_to_keep=1), as generate()")
+    g.add_argument("--hf-class", metavar="NAME",
+                   help="hf: build this transformers class (GPT2Model, AutoModelForCausalLM...) instead of the "
+                        "config's architectures")
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="inspector", description="Per-layer parameters, MACs, FLOPs, memory and time "
                                 "of PyTorch models, cross-checked against closed forms.",
@@ -275,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backward", action="store_true", help="also one training step: backward MACs and its memory")
     s.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
                    help="optimizer of the training step (with --backward)")
+    _generation_arguments(s)
     s.add_argument("--format", choices=output.names("report"), default="table", help="output format (default table)")
     s.set_defaults(run=cmd_summary)
     c = sub.add_parser("compare", help="several models side by side",
@@ -293,6 +328,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", metavar="FILE.png", help="accuracy against GMACs with the Pareto front, per task")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal)")
+    _generation_arguments(c)
     c.set_defaults(run=cmd_compare)
     li = sub.add_parser("list", help="models a source knows", description="Models a source knows.")
     li.add_argument("--source", default="tv", choices=listing_sources(),

@@ -530,7 +530,8 @@ class Collector:
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
         self._observers: list[Callable[[Frame, tuple, dict | None, Any], None]] = []  # see ``observing``
-        self.live = live  # the counter's live bytes: each call's start and peak (see Frame.peak_bytes)
+        #: live bytes, shared with the counter (``OpCounter(..., live=collector.live)``): each call's start and peak
+        self.live = live if live is not None else Live()
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self._redirect: Any = None  # see ``redirected``
@@ -579,9 +580,8 @@ class Collector:
         frames.append(frame)
         stack.append(frame)
         live = self.live
-        if live is not None:
-            live.settle()
-            frame.start_bytes = frame.peak_bytes = live.now
+        live.settle()
+        frame.start_bytes = frame.peak_bytes = live.now
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names, or an RNN counted as its fused op."""

@@ -12,7 +12,7 @@ from torch import nn
 from inspector import inspect_spec
 from inspector.errors import first_line
 from inspector.render import tabulate
-from inspector.units import size
+from inspector.units import human, size
 from inspector.sources import ModelSpec, Published, load
 
 
@@ -38,6 +38,11 @@ class ComparisonRow:
     metric_value: float | None = None
     params_diff: int | None = None
     macs_diff_pct: float | None = None
+    active_params: int | None = None       # Mixture-of-experts: what one token touches
+    prefill_macs: int | None = None        # with generate=N: the prompt's prefill
+    decode_macs: int | None = None         # the last decode step (its cache the longest)
+    kv_cache_bytes: int | None = None      # after the last step
+    decode_read_bytes: int | None = None   # weights and cache the last decode step reads
     error: str | None = None
 
 
@@ -119,6 +124,7 @@ class Comparison:
                 size(r.param_bytes), size(r.peak_activation_bytes), str(r.layers),
                 "-" if r.metric is None else f"{r.metric} {r.metric_value:g}", r.input_shape or "-",
             ])
+        headers, rows = _with_serving(self.rows, headers, rows)
         failures = [f"{r.name} failed: {r.error}" for r in self.rows if r.error]
         failures += [f"{r.name}: INCOMPLETE, some matmul-like ops were not counted (see its summary)"
                      for r in self.rows if r.complete is False]
@@ -156,13 +162,14 @@ def _name_of(item: Any) -> str:
     return str(item[0])
 
 
-def _row(item: Any, device: Any, options: dict[str, Any]) -> ComparisonRow:
+def _row(item: Any, device: Any, options: dict[str, Any], generate: int | None = None) -> ComparisonRow:
     name = _name_of(item)
     published = Published()
     try:
         spec = _spec(item, device, options)
         published = spec.published
-        report = inspect_spec(spec, device=spec.device or device)
+        serving = {} if generate is None else {"generate": generate, "peak": None}
+        report = inspect_spec(spec, device=spec.device or device, **serving)
     except Exception as exc:  # noqa: BLE001 - a model that fails gets its row; the others go on
         return ComparisonRow(name=name, error=f"{type(exc).__name__}: {first_line(exc)}", **_published(published))
     diff_pct = None
@@ -175,7 +182,19 @@ def _row(item: Any, device: Any, options: dict[str, Any]) -> ComparisonRow:
         input_shape="x".join(map(str, report.input_shapes[0])) if report.input_shapes else None,
         device=report.device, complete=report.complete,
         params_diff=None if published.num_params is None else report.total_params - published.num_params,
-        macs_diff_pct=diff_pct, **_published(published))
+        macs_diff_pct=diff_pct, **_published(published), **_serving(report))
+
+
+def _serving(report: Any) -> dict[str, Any]:
+    """Active parameters of MoE models; the prefill and the last decode step when generating."""
+    out: dict[str, Any] = {}
+    if report.experts is not None:
+        out["active_params"] = report.active_params
+    g = report.generation
+    if g is not None:
+        out.update(prefill_macs=g.prefill_macs, decode_macs=g.decode_macs[-1] if g.decode_macs else None,
+                   kv_cache_bytes=g.kv_cache_bytes, decode_read_bytes=g.decode_read_bytes[-1] if g.decode_macs else None)
+    return out
 
 
 def _published(p: Published) -> dict[str, Any]:
@@ -185,20 +204,43 @@ def _published(p: Published) -> dict[str, Any]:
 
 def compare(models: Iterable[Any] | Mapping[str, Any], *, device: Any = None,
             progress: Callable[[int, int, str], None] | None = None, batch: int | None = None,
-            seq_len: int | None = None, input_size: Any = None) -> Comparison:
+            seq_len: int | None = None, input_size: Any = None, generate: int | None = None,
+            model_class: str | None = None, last_logits: bool = False) -> Comparison:
     """Inspect each model and line them up.
 
     ``models``: names from any source (``resnet50``, ``timm:convnext_tiny``, ``hf:dir``, ``net.py:Net``),
     modules, ModelSpecs, ``(name, module)`` or ``(name, module, inputs)`` tuples, or a dict name ->
     module or (module, inputs). A model that fails gets a row with ``error`` set; the others go on.
-    ``progress(done, total, name)`` is called after each model.
+    ``progress(done, total, name)`` is called after each model. ``generate``: N decode steps after a
+    prefill on each model's example input (prefill and decode MACs, KV cache in the rows);
+    ``model_class``/``last_logits`` as for ``load``.
     """
     items = [(k, *(v if isinstance(v, tuple) else (v,))) for k, v in models.items()] \
         if isinstance(models, Mapping) else list(models)
-    options = {k: v for k, v in (("batch", batch), ("seq_len", seq_len), ("input_size", input_size)) if v is not None}
+    options = {k: v for k, v in (("batch", batch), ("seq_len", seq_len), ("input_size", input_size),
+                                 ("model_class", model_class), ("generate", generate)) if v is not None}
+    if last_logits:
+        options["last_logits"] = True
     rows = []
     for i, item in enumerate(items):
-        rows.append(_row(item, device, options))
+        rows.append(_row(item, device, options, generate))
         if progress is not None:
             progress(i + 1, len(items), _name_of(item))
     return Comparison(rows)
+
+
+#: Columns a comparison shows only when some row has the figure: (header, field, format).
+SERVING_COLUMNS = [("Active params", "active_params", lambda v: f"{v:,}"),
+                   ("Prefill GMACs", "prefill_macs", lambda v: f"{v / 1e9:.3f}"),
+                   ("Decode MACs (last)", "decode_macs", lambda v: human(v)),
+                   ("Decode reads (last)", "decode_read_bytes", size),
+                   ("KV cache", "kv_cache_bytes", size)]
+
+
+def _with_serving(rows: list[ComparisonRow], headers: list[str], cells: list[list[str]]
+                  ) -> tuple[list[str], list[list[str]]]:
+    shown = [c for c in SERVING_COLUMNS if any(getattr(r, c[1]) is not None for r in rows)]
+    if not shown:
+        return headers, cells
+    extra = [[("-" if getattr(r, f) is None else fmt(getattr(r, f))) for _, f, fmt in shown] for r in rows]
+    return [*headers, *(h for h, _, _ in shown)], [c + e for c, e in zip(cells, extra)]

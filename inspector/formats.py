@@ -15,6 +15,7 @@ from typing import Any
 
 from inspector.output import output_format
 from inspector.render import Context, all_columns, check_columns, footer, render_report
+from inspector.serving_text import generation_html
 from inspector.units import shapes_text
 
 # --- reports --------------------------------------------------------------------------------------------
@@ -67,8 +68,9 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
 def report_html(report: Any, exact: bool = False, **options: Any) -> str:
     table = render_report(report, tablefmt="html", exact=exact, with_footer=False, **options)
     items = "".join(f"<li>{html.escape(line)}</li>" for line in footer(report, exact))
+    serving = generation_html(report, exact)
     return (f"<div><p><b>{html.escape(report.summary_line())}</b></p>{table}"
-            f"<ul style='font-size:smaller'>{items}</ul></div>")
+            f"<ul style='font-size:smaller'>{items}</ul>{serving}</div>")
 
 
 # --- comparisons ------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Options:
     autocast: torch.dtype | None = None
     name: str | None = None
     count_on: str = "auto"  # where the forward is counted: "auto", "meta" or "device"
+    generate: int | None = None  # decode steps after a prefill (inspector.generation); None: a plain forward
 
 
 def check_dtype(dtype: Any, what: str = "dtype") -> torch.dtype | None:
@@ -102,7 +103,7 @@ def check_peak(peak: Any) -> tuple[float, float] | str | None:
 
 def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, warmup: Any, peak: Any, flops: Any,
              formulas: Any, backward: Any = False, loss_fn: Any = None, optimizer: Any = None, autocast: Any = None,
-             name: Any = None, count_on: Any = "auto") -> Options:
+             name: Any = None, count_on: Any = "auto", generate: Any = None) -> Options:
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     if not isinstance(timing, bool):
@@ -124,9 +125,13 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
         raise InputError(f"loss_fn must be callable (output -> scalar), got {loss_fn!r}")
     if optimizer is not None:
         check_optimizer(optimizer)
+    steps = None if generate is None else _count(generate, "generate", 0)
+    if steps is not None and (backward or timing):
+        raise InputError("generate= counts serving (a prefill and decode steps); a training step (backward) or "
+                         "per-layer timing is a separate inspect() call")
     resolved = check_device(device)
     return Options(device=resolved, dtype=check_dtype(dtype), mode=mode, timing=timing,
                    repeat=_count(repeat, "repeat", 1), warmup=_count(warmup, "warmup", 0),
-                   peak=check_peak(peak) if timing else None, convention=convention(flops),
+                   peak=check_peak(peak) if timing or steps is not None else None, convention=convention(flops),
                    table=formula_table(formulas), backward=backward, loss_fn=loss_fn, optimizer=optimizer,
-                   autocast=check_dtype(autocast, "autocast"), name=name, count_on=count_on)
+                   autocast=check_dtype(autocast, "autocast"), name=name, count_on=count_on, generate=steps)

@@ -17,6 +17,7 @@ import tabulate as _tabulate
 
 from inspector.figures import Figure, all_figures, lookup
 from inspector.rows import Row
+from inspector.serving_text import experts_line, generation_text
 from inspector.units import human, milliseconds, number, pct, shapes_text, size
 
 #: tabulate >= 0.10 takes ``preserve_whitespace=``; older releases read a module-wide switch.
@@ -248,11 +249,12 @@ def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple
     align = ["left", *(known[c].align for c in chosen)]
     table = tabulate(body, headers, tablefmt, align)
     lines = footer(report, exact) if with_footer else []
+    serving = generation_text(report, tablefmt, exact) if with_footer else []
     if not lines:
         return table
     if markdown:
-        return table + "\n\n" + "\n".join(f"- {line}" for line in lines)
-    return "\n".join([table, *lines])
+        return "\n\n".join([table, "\n".join(f"- {line}" for line in lines), *serving])
+    return "\n".join([table, *lines, *serving])
 
 
 # --- the lines around the table --------------------------------------------------------------------------
@@ -307,6 +309,7 @@ def footer(report: Any, exact: bool = False) -> list[str]:
         lines.append(f"MACs: {n(report.total_macs)}; FLOPs = {flops} = {n(report.total_flops)}")
         lines.append(f"Input: {_inputs_text(report)}; ran on {report.device} in {report.dtype} ({report.mode} mode); "
                      f"peak activations {size(report.peak_activation_bytes)}")
+    lines += experts_line(report)
     if report.training is not None:
         tr, mem = report.training, report.training.memory
         lines.append(f"Training step (loss {tr.loss}, optimizer {tr.optimizer or 'none'}"

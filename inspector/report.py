@@ -120,6 +120,120 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Experts:
+    """Mixture-of-experts (``inspector.experts``): what one token's forward touches, measured from the
+    MACs the expert containers did per token that entered them."""
+
+    containers: tuple[str, ...]    # the expert containers that ran (one per MoE layer)
+    expert_params: int             # every expert's parameters, in those containers
+    active_expert_params: int      # of them, those one token used (k of E experts per layer)
+    active_params: int             # everything but the experts a token was not routed to
+    shares: tuple[float, ...] = ()  # per container: expert weights one token used, as a share (k / E)
+    tokens: int = 0                # tokens that entered the experts in this pass
+    macs_per_token: float | None = None  # the pass's MACs / tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "containers": list(self.containers), "shares": list(self.shares)}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What serving costs (``inspector.generation``): one prefill over the prompt with the model's own
+    KV cache, then ``new_tokens`` decode steps of one token each fed back with that cache. Decode
+    step ``i`` (from 1) attends over ``cache_lens[i-1] = prompt_len + i`` keys, its own included.
+    Bytes are as the pass held them; the roofline bounds need a peak (GFLOP/s, GB/s)."""
+
+    batch: int
+    prompt_len: int               # tokens of the prompt (the decoder's prompt for encoder-decoders)
+    new_tokens: int
+    prefill_macs: int
+    prefill_logits: int | None    # positions whose logits the prefill computed (prompt_len, or 1)
+    prefill_weight_bytes: int     # parameter bytes the prefill read
+    prefill_cache_bytes: int      # the KV cache after the prefill
+    decode_macs: tuple[int, ...] = ()          # one per decode step
+    cache_lens: tuple[int, ...] = ()           # keys each step attends to (the cache with its new token)
+    decode_weight_bytes: tuple[int, ...] = ()  # parameter bytes each step read
+    cache_bytes: tuple[int, ...] = ()          # the KV cache after each step (what its attention reads)
+    cross_cache_bytes: int = 0    # the part of the cache that does not grow (cross-attention keys)
+    encoder_macs: int | None = None  # encoder-decoder: the encoder's part of the prefill, run once
+    encoder_len: int | None = None
+    decode_step: Report | None = None  # the last decode step, layer by layer
+    peak_gflops: float | None = None
+    peak_gbytes_per_s: float | None = None
+    peak_source: str | None = None  # "given" or "measured"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The KV cache after the last step."""
+        return self.cache_bytes[-1] if self.cache_bytes else self.prefill_cache_bytes
+
+    @property
+    def kv_cache_bytes_per_token(self) -> float:
+        """What one token of one sequence adds to the cache (the growing part over its tokens)."""
+        tokens = self.batch * (self.prompt_len + self.new_tokens)
+        return (self.kv_cache_bytes - self.cross_cache_bytes) / tokens if tokens else 0.0
+
+    @property
+    def decode_read_bytes(self) -> tuple[int, ...]:
+        """Bytes each decode step must read: the weights it uses and the whole cache."""
+        return tuple(w + c for w, c in zip(self.decode_weight_bytes, self.cache_bytes))
+
+    @property
+    def decode_total_macs(self) -> int:
+        return sum(self.decode_macs)
+
+    def _seconds(self, macs: int, nbytes: int) -> float | None:
+        if not self.peak_gflops or not self.peak_gbytes_per_s:
+            return None
+        return max(2 * macs / (self.peak_gflops * 1e9), nbytes / (self.peak_gbytes_per_s * 1e9))
+
+    @property
+    def prefill_seconds(self) -> float | None:
+        """Roofline bound: the prefill cannot take less than its FLOPs at peak compute or its bytes
+        (weights read, cache written) at peak bandwidth, whichever is longer."""
+        return self._seconds(self.prefill_macs, self.prefill_weight_bytes + self.prefill_cache_bytes)
+
+    @property
+    def decode_seconds(self) -> tuple[float, ...] | None:
+        """Roofline bound of each decode step (FLOPs at peak, or its reads at peak bandwidth)."""
+        if not self.peak_gflops or not self.peak_gbytes_per_s:
+            return None
+        return tuple(self._seconds(m, b) for m, b in zip(self.decode_macs, self.decode_read_bytes))  # type: ignore
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens the prefill took in: the prompt of every sequence (and the encoder's input)."""
+        return self.batch * (self.prompt_len + (self.encoder_len or 0))
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        """Upper bound on prompt tokens per second (all sequences of the batch, encoder input included)."""
+        t = self.prefill_seconds
+        return self.prefill_tokens / t if t else None
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Upper bound on generated tokens per second over the decode steps (all sequences)."""
+        steps = self.decode_seconds
+        return self.batch * len(steps) / sum(steps) if steps else None
+
+    def bound(self, macs: int, nbytes: int) -> str | None:
+        """"compute" or "memory": which roof a pass of ``macs`` reading ``nbytes`` meets first."""
+        if not self.peak_gflops or not self.peak_gbytes_per_s:
+            return None
+        return "compute" if 2 * macs / self.peak_gflops > nbytes / self.peak_gbytes_per_s else "memory"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items() if k != "decode_step"}
+        out.update(prefill_tokens=self.prefill_tokens, kv_cache_bytes=self.kv_cache_bytes, kv_cache_bytes_per_token=self.kv_cache_bytes_per_token,
+                   decode_read_bytes=list(self.decode_read_bytes), prefill_tokens_per_s=self.prefill_tokens_per_s,
+                   decode_tokens_per_s=self.decode_tokens_per_s,
+                   decode_step=None if self.decode_step is None else self.decode_step.to_dict())
+        return out
+
+
+@dataclass(frozen=True)
 class Report:
     """What ``inspect`` found: the run, the totals and one record per module call (execution order)."""
 
@@ -141,6 +255,8 @@ class Report:
     leaf_calls: int = 0  # calls with no call inside them (layers, as a table's deepest rows)
     layers: tuple[LayerRecord, ...] = ()
     uncalled: tuple[tuple[str, int], ...] = ()  # top-most modules that never ran, with their parameters
+    experts: Experts | None = None        # Mixture-of-experts models: active against total parameters
+    generation: Generation | None = None  # inspect(..., generate=N): prefill (these layers) and decode
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -174,6 +290,12 @@ class Report:
     @property
     def frozen_params(self) -> int:
         return self.total_params - self.trainable_params
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token's forward touches: all but the experts it was not routed to (the
+        total for a model without experts)."""
+        return self.total_params if self.experts is None else self.experts.active_params
 
     @property
     def total_flops(self) -> int | None:
@@ -320,6 +442,8 @@ class Report:
     def summary_line(self) -> str:
         """One line: "resnet50: 25.6 M params, 4.09 GMACs, 8.18 GFLOPs, 102 MB"."""
         parts = [f"{human(self.total_params)} params"]
+        if self.experts is not None:
+            parts.append(f"{human(self.active_params)} active")
         if self.ran:
             parts += [f"{human(self.total_macs, 'MACs')}", f"{human(self.total_flops, 'FLOPs')}"]
         if self.training is not None:
@@ -383,6 +507,8 @@ class Report:
                 "loss": tr.loss, "optimizer": tr.optimizer, "autocast": tr.autocast,
                 "backward_macs": tr.total_backward_macs, "backward_flops": tr.total_backward_flops,
                 "memory": tr.memory.to_dict()},
+            "experts": None if self.experts is None else self.experts.to_dict(),
+            "generation": None if self.generation is None else self.generation.to_dict(),
         }
 
     def to_csv(self, depth: int | None = None) -> str:

@@ -54,6 +54,9 @@ class BuildOptions:
     batch: int | None = None        # inputs' batch size (default 1)
     seq_len: int | None = None      # token sources (hf): sequence length (default 128)
     input_size: Any = None  # overrides the source's example input: a shape, or (shape, dtype)
+    model_class: str | None = None  # hf: the transformers class to build instead of the config's own
+    generate: int | None = None     # the inputs are a prompt for generation (hf: a decoder start token)
+    last_logits: bool = False       # hf: logits at the last position only (logits_to_keep=1), as generate()
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -118,10 +121,13 @@ def split(name: str) -> tuple[str, str]:
 
 
 def load(name: str, *, device: str | torch.device = "cpu", batch: int | None = None, seq_len: int | None = None,
-         input_size: Any = None) -> ModelSpec:
-    """Build the model ``name`` names, with example inputs on ``device`` (see the module docstring)."""
+         input_size: Any = None, model_class: str | None = None, generate: int | None = None,
+         last_logits: bool = False) -> ModelSpec:
+    """Build the model ``name`` names, with example inputs on ``device`` (see the module docstring and
+    ``BuildOptions``)."""
     prefix, rest = split(name)  # registers the built-in sources
-    options = BuildOptions(device=str(device), batch=batch, seq_len=seq_len, input_size=input_size)
+    options = BuildOptions(device=str(device), batch=batch, seq_len=seq_len, input_size=input_size,
+                           model_class=model_class, generate=generate, last_logits=last_logits)
     return SOURCES.get(prefix).build(rest, options)  # type: ignore[union-attr]
 
 
