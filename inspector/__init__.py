@@ -8,7 +8,10 @@
 Models by name from any source: ``inspector.load("resnet50")``, ``load("timm:convnext_tiny")``,
 ``load("hf:path/to/config_dir")``, ``load("path/to/net.py:Net")``.
 """
+from dataclasses import replace as _replace
+
 from inspector import formats as _formats  # noqa: F401 - registers the output formats
+from inspector import page as _page  # noqa: F401 - registers the html pages
 from inspector.api import inspect
 from inspector.closed_forms import ClosedForm, closed_form, closed_form_backward
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
@@ -33,5 +36,9 @@ def inspect_spec(spec: ModelSpec, **options):  # noqa: ANN001, ANN201 - forwards
     if options.get("input_size") is None and spec.args is None and spec.input_size is not None:
         options["input_size"] = spec.input_size
     if options.get("input_size") is not None:
-        return inspect(spec.module, **options)
-    return inspect(spec.module, spec.args, kwargs=dict(spec.kwargs), **options)
+        report = inspect(spec.module, **options)
+    else:
+        report = inspect(spec.module, spec.args, kwargs=dict(spec.kwargs), **options)
+    if not spec.notes:
+        return report
+    return _replace(report, run=_replace(report.run, notes=(*spec.notes, *report.run.notes)))  # the source's notes

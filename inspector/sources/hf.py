@@ -40,7 +40,8 @@ def load_config(name: str) -> Any:
         return transformers.AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UnknownModelError(f"no Hugging Face config for {name!r} (a directory with config.json, or a hub "
-                                f"name already in the local cache): {first_line(exc)}") from None
+                                f"name already in the local cache): "
+                                f"{first_line(exc) if path.exists() else 'no such directory, nor a cached hub name'}") from None
 
 
 def build_from_config(config: Any) -> Any:
