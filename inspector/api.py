@@ -46,8 +46,8 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
                               "load it with model.load_state_dict(state_dict)")
     if (pyinspect.isroutine(model) or isinstance(model, functools.partial)) and not isinstance(model, nn.Module):
         name = getattr(model, "__name__", None) or getattr(getattr(model, "func", None), "__name__", "factory")
-        raise NotAModuleError(f"inspect() got the function {name}, not a model: call it to build one first, "
-                              f"e.g. inspect({name}(), x)")
+        raise NotAModuleError(f"inspect() got the function {name}, not a torch.nn.Module: call it to build the model "
+                              f"first, e.g. inspect({name}(), x)")
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"inspect() needs a torch.nn.Module, got {type(model).__name__}")
     notes = []

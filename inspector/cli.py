@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import inspector
@@ -20,7 +18,7 @@ from inspector import output
 from inspector.borrow import MODES
 from inspector.compare import FAR_PCT
 from inspector.conventions import CONVENTIONS
-from inspector.errors import InspectorError, first_line
+from inspector.errors import InspectorError, first_line, kept_warnings
 from inspector.figures import all_figures
 from inspector.optimizers import OPTIMIZERS
 from inspector.options import DTYPES
@@ -146,22 +144,6 @@ def _check_summary(args: argparse.Namespace) -> None:
         raise CliError("--by-type sums every call of each layer type: --depth and --top do not apply")
 
 
-@contextmanager
-def _library_warnings() -> Iterator[list[str]]:
-    """The warnings libraries raise meanwhile, kept (each once) instead of printed; see ``_say``."""
-    heard: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield heard
-        finally:
-            for w in caught:
-                text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-                line = f"{w.category.__name__} ({w.filename.rsplit('/', 1)[-1]}:{w.lineno}): {text}"
-                if line not in heard:
-                    heard.append(line)
-
-
 def _say(heard: Sequence[str]) -> None:
     """One line on stderr for the libraries' warnings (every one of them with INSPECTOR_DEBUG=1)."""
     if not heard:
@@ -180,7 +162,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     _check_summary(args)
     device = _device(args.device) or "cpu"
-    with _library_warnings() as heard:
+    with kept_warnings() as heard:
         spec = load(args.model, device=device, batch=args.batch, seq_len=args.seq_len, input_size=args.input_size,
                     trust_pickle=args.trust_pickle)
         report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,

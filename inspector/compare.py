@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from inspector import inspect_spec, output
-from inspector.errors import first_line
+from inspector.errors import first_line, kept_warnings
 from inspector.render import tabulate
 from inspector.units import size
 from inspector.sources import ModelSpec, Published, load
@@ -250,17 +249,6 @@ def _row(item: Any, device: Any, options: dict[str, Any]) -> ComparisonRow:
         macs_diff_pct=diff_pct, note="; ".join(spec.notes) or None, **_published(published))
 
 
-def _quietly(item: Any, device: Any, options: dict[str, Any], heard: dict[str, None]) -> ComparisonRow:
-    """``_row``, with the warnings the libraries raise meanwhile kept in ``heard`` (each once)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        row = _row(item, device, options)
-    for w in caught:
-        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-        heard.setdefault(f"{w.category.__name__} ({w.filename.rsplit('/', 1)[-1]}:{w.lineno}): {text}", None)
-    return row
-
-
 def _published(p: Published) -> dict[str, Any]:
     return {"family": p.family, "published_params": p.num_params, "published_gmacs": p.gmacs, "metric": p.metric,
             "metric_value": p.metric_value}
@@ -281,9 +269,10 @@ def compare(models: Iterable[Any] | Mapping[str, Any], *, device: Any = None,
     options = {k: v for k, v in (("batch", batch), ("seq_len", seq_len), ("input_size", input_size),
                                  ("trust_pickle", trust_pickle or None)) if v is not None}
     rows = []
-    heard: dict[str, None] = {}
+    heard: list[str] = []
     for i, item in enumerate(items):
-        rows.append(_quietly(item, device, options, heard))
+        with kept_warnings(heard):
+            rows.append(_row(item, device, options))
         if progress is not None:
             progress(i + 1, len(items), _name_of(item))
     return Comparison(rows, heard)

@@ -3,6 +3,9 @@ with a hint at the fix where the mistake is a common one."""
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 
@@ -70,7 +73,8 @@ _HINTS: list[Hint] = [
          "a uint8 image reached a layer with float weights: convert it first, x.float() / 255 (and normalise "
          "as the model expects)"),
     Hint(re.compile(r"expected scalar type (Long|Int) but found|Input type \(.*(Long|Int|long|int).*\) and "
-                    r"(weight|bias) type|\"?\w+\"? not implemented for '(Long|Int)'", re.I),
+                    r"(weight|bias) type|\"?\w+\"? not implemented for '(Long|Int)'|Input dtype must be either a "
+                    r"floating point.*Got: torch\.int", re.I),
          "this layer needs a floating input: x.float() (integer tensors are token ids, for embeddings)",
          "this layer needs a floating input: give --input-size without :int64 (integer inputs are token ids)"),
     Hint(re.compile(r"Input type \(.*\) and (weight|bias) type \(.*\) should be the same|"
@@ -126,3 +130,21 @@ def hinted(cls: type[InspectorError], message: str, source: str) -> InspectorErr
     error = cls(with_hint(message, source))
     error.cli_message = with_hint(message, source, cli=True)  # type: ignore[attr-defined]
     return error
+
+
+@contextmanager
+def kept_warnings(heard: list[str] | None = None) -> Iterator[list[str]]:
+    """The warnings raised meanwhile (the libraries': torchvision's, transformers'...) kept in a list,
+    each once as "Category (file:line): first line", instead of printed."""
+    heard = [] if heard is None else heard
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield heard
+        finally:
+            for w in caught:
+                text = str(w.message).strip()
+                line = f"{w.category.__name__} ({w.filename.rsplit('/', 1)[-1]}:{w.lineno}): " + \
+                    (text.splitlines()[0].strip() if text else "")
+                if line not in heard:
+                    heard.append(line)

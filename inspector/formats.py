@@ -53,6 +53,8 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
             if col.figure is not None and not col.share:
                 value = row.values.get(col.figure.name)
                 cells.append("" if value is None else value)
+            elif c == "config":  # the layer's whole configuration, as data (the tables shorten it)
+                cells.append("" if row.kind == "own" else r.config)
             elif c in ("input_shape", "output_shape"):
                 cells.append("" if row.kind == "own" else shapes_text(r.input_shapes if c == "input_shape"
                                                                       else r.output_shapes))
