@@ -198,6 +198,9 @@ class Comparison:
     def __str__(self) -> str:
         return self.table()
 
+    def _repr_html_(self) -> str:
+        return self.render("html", fragment=True)
+
 
 def _spec(item: Any, device: Any, options: dict[str, Any]) -> ModelSpec:
     """A model spec from a name (any source), a module, a ModelSpec, ``(name, module[, inputs])``."""

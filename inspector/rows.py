@@ -144,3 +144,6 @@ class ByType:
 
     def __str__(self) -> str:
         return self.render("table")
+
+    def _repr_html_(self) -> str:
+        return self.render("html", fragment=True)

@@ -224,3 +224,21 @@ def test_the_map_gives_each_call_its_share_of_its_parent(resnet18):
     ratio = boxes[(layer1.index, False)].area / boxes[(layer4.index, False)].area
     assert ratio == pytest.approx(layer1.inclusive_macs / layer4.inclusive_macs, rel=1e-9)
     assert ratio == pytest.approx(462_422_016 / 411_041_792, rel=1e-9)
+
+
+def test_a_calls_own_work_gets_its_own_box():
+    class Own(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.w = nn.Parameter(torch.randn(8, 24))
+
+        def forward(self, x):
+            return self.fc(x) @ self.w  # the model's own matmul
+
+    report = inspect(Own(), torch.randn(2, 8))
+    boxes = {(b.index, b.own): b for b in layout(report.layers, "macs", 1000, 440)}
+    fc = report.layer("fc")
+    assert set(boxes) == {(0, False), (0, True), (fc.index, False)}
+    # own 2 x 8 x 24 = 384 MACs against the Linear's 2 x 8 x 8 = 128: three times its area
+    assert boxes[(0, True)].area / boxes[(fc.index, False)].area == pytest.approx(384 / 128, rel=1e-9)
