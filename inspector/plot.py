@@ -101,8 +101,9 @@ def _size_legend(ax: Any, params: Sequence[float]) -> Any:
     low, high = max(min(params), 1.0), max(max(params), 1.0)
     picks = sorted({float(f"{v:.0e}") for v in (low, math.sqrt(low * high), high)})
     handles = [ax.scatter([], [], s=_bubble(v), color="tab:blue", alpha=0.35, label=_round(v)) for v in picks]
-    return ax.legend(handles=handles, title="parameters", loc="upper left", fontsize=7, title_fontsize=7,
-                     labelspacing=1.3, borderpad=0.9, frameon=True)
+    room = max(1.3, 0.11 * math.sqrt(_bubble(picks[-1])))  # rows as tall as the largest marker (font sizes)
+    return ax.legend(handles=handles, title="parameters", loc="upper left", fontsize=7,
+                     title_fontsize=7, labelspacing=room, borderpad=room / 2, handletextpad=room / 2, frameon=True)
 
 
 def _panel(ax: Any, rows: list[Any], ylabel: str) -> tuple[list[tuple[float, float, str, bool]], list[str]]:
