@@ -1,7 +1,8 @@
 """Command line: ``inspector summary|compare|list|blog|demo`` (also ``python -m inspector``).
 
 Exit codes: 0 all counted and checked; 1 a compared model failed or lies more than ``FAR_PCT``
-percent from its published figures, a cross-check found a mismatch or a claim of the post is wrong; 2 a usage or input error (one line on stderr, never a traceback);
+percent from its published figures, a cross-check found a mismatch or a claim of the post is wrong;
+2 a usage or input error (one line on stderr, never a traceback);
 3 counted, but some matmul-like op could not be counted (totals are low); 130 interrupted.
 ``INSPECTOR_DEBUG=1`` shows the traceback of an error.
 """

@@ -115,7 +115,8 @@ def _table(report: Any, shown: list[Row], chosen: list[str], exact: bool, mode: 
         indent = f' style="--d:{row.depth}"' if mode == "tree" else ""
         cells = "".join(_cell(c, row, ctx, known) for c in chosen)
         body.append(
-            f'<tr{_attrs(class_=klass or None)}{_attrs(data_index=r.index, data_pindex="" if parent is None else parent)}'
+            f'<tr{_attrs(class_=klass or None)}'
+            f'{_attrs(data_index=r.index, data_pindex="" if parent is None else parent)}'
             f'{_attrs(data_name=r.label, data_parent="" if parent is None else labels[parent])}'
             f'{_attrs(data_depth=row.depth, data_kind=row.kind, data_order=order, data_type=r.type)}'
             f'{" hidden" if hidden else ""}><td class="name"{indent} data-v="{esc(name)}">{toggle}{esc(name)}</td>'
@@ -171,8 +172,8 @@ def _map_section(report: Any) -> str:
         legend = (f"Area: each call's share of the model's {fig.header} ({_value_text(fig, total)}); a call's "
                   "children and its own work lie inside it. Click a box to find it in the table.")
         legends.append(legend)
-        buttons.append(f'<button{_attrs(class_="on" if i == 0 else None, data_map_button=fig.name, data_legend=legend)}>'
-                       f'{esc(fig.header)}</button>')
+        state = _attrs(class_="on" if i == 0 else None, data_map_button=fig.name, data_legend=legend)
+        buttons.append(f"<button{state}>{esc(fig.header)}</button>")
         maps.append(treemap.svg(boxes, label, tooltip, fig.name, hidden=i > 0))
     return (f'<h2>Where the cost goes</h2><div class="controls">{"".join(buttons)}</div>'
             f'<p class="legend map-legend">{esc(legends[0])}</p>{"".join(maps)}')
@@ -215,9 +216,9 @@ def _training_section(report: Any) -> str:
     mem = tr.memory
     parts = [("parameters", mem.parameters, "#7aa6d8"), ("gradients", mem.gradients, "#e3a15c"),
              ("optimizer state", mem.optimizer_state, "#9ccf8f"), ("saved activations", mem.activations, "#c49bd8")]
-    peak = mem.peak or 1
-    stack = "".join(f'<div title="{esc(n)}: {esc(size(v))}" style="width:{100 * v / max(peak, sum(p[1] for p in parts)):.2f}%;'
-                    f'background:{c}"></div>' for n, v, c in parts if v)
+    whole = max(mem.peak, sum(p[1] for p in parts)) or 1
+    stack = "".join(f'<div title="{esc(n)}: {esc(size(v))}" style="width:{100 * v / whole:.2f}%;background:{c}"></div>'
+                    for n, v, c in parts if v)
     rows = "".join(f'<tr><td><span style="color:{c}">■</span> {esc(n)}</td><td class="num">{esc(size(v))}</td>'
                    f'<td class="num">{esc(pct(v, mem.peak))}</td></tr>' for n, v, c in parts)
     rows += (f'<tr><td><b>peak of the step</b> (in {esc(mem.peak_phase or "?")}: everything live at once)</td>'

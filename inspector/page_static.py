@@ -143,7 +143,8 @@ JS = r"""
     root.querySelectorAll('[data-map-button]').forEach(function (b) {
       b.addEventListener('click', function () {
         root.querySelectorAll('[data-map-button]').forEach(function (o) { o.classList.toggle('on', o === b); });
-        maps.forEach(function (m) { m.toggleAttribute('hidden', m.dataset.map !== b.getAttribute('data-map-button')); });
+        const chosen = b.getAttribute('data-map-button');
+        maps.forEach(function (m) { m.toggleAttribute('hidden', m.dataset.map !== chosen); });
         const legend = root.querySelector('.map-legend');
         if (legend) legend.textContent = b.getAttribute('data-legend');
       });

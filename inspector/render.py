@@ -312,8 +312,8 @@ def footer(report: Any, exact: bool = False) -> list[str]:
     if report.training is not None:
         tr, mem = report.training, report.training.memory
         lines.append(f"Training step (loss {tr.loss}, optimizer {tr.optimizer or 'none'}"
-                     f"{', autocast ' + tr.autocast if tr.autocast else ''}): backward {n(tr.total_backward_macs)} MACs,"
-                     f" {n(tr.total_backward_flops)} FLOPs")
+                     f"{', autocast ' + tr.autocast if tr.autocast else ''}): backward "
+                     f"{n(tr.total_backward_macs)} MACs, {n(tr.total_backward_flops)} FLOPs")
         lines.append(f"Step memory: parameters {size(mem.parameters)}, gradients {size(mem.gradients)}, optimizer "
                      f"state {size(mem.optimizer_state)}, saved activations {size(mem.activations)}; peak of the step "
                      f"{size(mem.peak)}, in {mem.peak_phase or '?'} (everything live at once)")

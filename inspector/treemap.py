@@ -46,14 +46,17 @@ def _worst(row: Sequence[float], side: float) -> float:
     return max(max(side * side * r / (s * s), s * s / (side * side * r)) for r in row)
 
 
-def squarify(values: Sequence[float], x: float, y: float, w: float, h: float) -> list[tuple[float, float, float, float]]:
+Rect = tuple[float, float, float, float]
+
+
+def squarify(values: Sequence[float], x: float, y: float, w: float, h: float) -> list[Rect]:
     """Rectangles tiling (x, y, w, h), one per value (positive, in the order given: sort them largest
     first for squarer tiles), each with an area proportional to its value (Bruls, Huizing, van Wijk)."""
     total = sum(values)
     if total <= 0 or w <= 0 or h <= 0:
         return [(x, y, 0.0, 0.0) for _ in values]
     areas = [v * w * h / total for v in values]
-    out: list[tuple[float, float, float, float]] = []
+    out: list[Rect] = []
     i = 0
     while i < len(areas):
         side = min(w, h)

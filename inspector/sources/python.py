@@ -74,7 +74,8 @@ def _import_path(dotted: str) -> Any:
         raise UnknownModelError(f"cannot import {dotted!r}: {exc} (import paths are looked up from the current "
                                 f"directory, {cwd})") from None
     except SyntaxError as exc:
-        raise InspectorError(f"{exc.filename} line {exc.lineno}: {exc.msg} (a syntax error in the model file)") from None
+        raise InspectorError(f"{exc.filename} line {exc.lineno}: {exc.msg} (a syntax error in the model "
+                             "file)") from None
 
 
 def resolve_object(spec: str) -> Any:
