@@ -287,7 +287,7 @@ def report_page(report: Any, depth: int | None = None, columns: Any = None, exac
     chosen = page_columns(report, columns, timing)
     if top is not None:
         table = _table(report, report.shown_rows(depth, top, by), chosen, exact, "flat", None)
-        title = f"The {top} calls doing the most {by}"
+        title = f"The {top} calls doing the most {report.figure(by).header} (the Total row: the whole model)"
         controls = ""
     else:
         tree_rows(report.layers, depth)  # checks depth
