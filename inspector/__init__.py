@@ -8,7 +8,10 @@
 Models by name from any source: ``inspector.load("resnet50")``, ``load("timm:convnext_tiny")``,
 ``load("hf:path/to/config_dir")``, ``load("path/to/net.py:Net")``.
 """
+from dataclasses import replace as _replace
+
 from inspector import formats as _formats  # noqa: F401 - registers the output formats
+from inspector import page as _page  # noqa: F401 - registers the html pages
 from inspector.api import inspect
 from inspector.closed_forms import ClosedForm, closed_form, closed_form_backward
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
@@ -39,6 +42,4 @@ def inspect_spec(spec: ModelSpec, **options):  # noqa: ANN001, ANN201 - forwards
         report = inspect(spec.module, spec.args, kwargs=dict(spec.kwargs), **options)
     if not spec.notes:
         return report
-    from dataclasses import replace
-
-    return replace(report, run=replace(report.run, notes=(*spec.notes, *report.run.notes)))
+    return _replace(report, run=_replace(report.run, notes=(*spec.notes, *report.run.notes)))  # the source's notes

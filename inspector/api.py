@@ -22,7 +22,7 @@ from inspector import adapters, build
 from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
-                              UnsupportedModelError, first_line, with_hint)
+                              UnsupportedModelError, first_line, hinted)
 from inspector.options import Options, validate
 from inspector.report import Report, Run
 from inspector.tree import ModelTree
@@ -44,6 +44,10 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
     if isinstance(model, Mapping) and model and all(isinstance(v, torch.Tensor) for v in model.values()):
         raise NotAModuleError("inspect() got a state_dict (names -> tensors), not a model: build the model and "
                               "load it with model.load_state_dict(state_dict)")
+    if (pyinspect.isroutine(model) or isinstance(model, functools.partial)) and not isinstance(model, nn.Module):
+        name = getattr(model, "__name__", None) or getattr(getattr(model, "func", None), "__name__", "factory")
+        raise NotAModuleError(f"inspect() got the function {name}, not a torch.nn.Module: call it to build the model "
+                              f"first, e.g. inspect({name}(), x)")
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"inspect() needs a torch.nn.Module, got {type(model).__name__}")
     notes = []
@@ -109,7 +113,7 @@ def failure(collector: Collector | None, counter: OpCounter | None, exc: Excepti
             text = f"{where}{during} failed: {message}"
         else:
             text = f"{where}{during} failed on input {shapes}: {message}"
-        return LayerError(with_hint(text, message))
+        return hinted(LayerError, text, message)
     except Exception:  # noqa: BLE001 - the error builder itself never raises
         return LayerError(f"the {phase} pass failed: {type(exc).__name__}")
 
@@ -177,6 +181,8 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     MACs and its memory. ``name``: the report's model name. ``generate``: N decode steps after a
     prefill on the inputs, with the model's KV cache (``report.generation``; see inspector.generation).
     """
+    if input_size is not None:
+        inputs_mod.parse_size(input_size)  # checked before anything is built or run
     opts = validate(device=device, dtype=dtype, mode=mode or ("train" if backward else "eval"), timing=timing,
                     repeat=repeat, warmup=warmup, peak=peak, flops=flops, formulas=formulas, backward=backward,
                     loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name, count_on=count_on,

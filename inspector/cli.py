@@ -1,7 +1,8 @@
 """Command line: ``inspector summary|compare|list|blog|demo`` (also ``python -m inspector``).
 
-Exit codes: 0 all counted and checked; 1 a compared model failed, a cross-check found a mismatch
-or a claim of the post is wrong; 2 a usage or input error (one line on stderr, never a traceback);
+Exit codes: 0 all counted and checked; 1 a compared model failed or lies more than ``FAR_PCT``
+percent from its published figures, a cross-check found a mismatch or a claim of the post is wrong;
+2 a usage or input error (one line on stderr, never a traceback);
 3 counted, but some matmul-like op could not be counted (totals are low); 130 interrupted.
 ``INSPECTOR_DEBUG=1`` shows the traceback of an error.
 """
@@ -16,13 +17,14 @@ from pathlib import Path
 import inspector
 from inspector import output
 from inspector.borrow import MODES
+from inspector.compare import FAR_PCT
 from inspector.conventions import CONVENTIONS
-from inspector.errors import InspectorError, first_line
+from inspector.errors import InspectorError, first_line, kept_warnings
 from inspector.figures import all_figures
 from inspector.optimizers import OPTIMIZERS
 from inspector.options import COUNT_ON, DTYPES, PEAK_NAMES
 from inspector.render import all_columns, check_columns
-from inspector.sources import listing_sources, source
+from inspector.sources import DEFAULT_SOURCE, listing_sources, source, split
 
 OK, FAILED, USAGE, INCOMPLETE, INTERRUPTED = 0, 1, 2, 3, 130
 #: Headers of ``inspector list`` for the fields a source's catalogue gives.
@@ -137,8 +139,10 @@ def _check_summary(args: argparse.Namespace) -> None:
         raise CliError("--timing needs real arithmetic: use --device cpu or cuda, not meta")
     if args.batch and args.input_size:
         raise CliError("give the batch inside --input-size (its first number), not with --batch as well")
-    if ":" not in args.model and (args.model.endswith(".py") or "/" in args.model):
+    if split(args.model)[0] == DEFAULT_SOURCE and (args.model.endswith(".py") or "/" in args.model):
         raise CliError(f"name a model inside the file: {args.model}:ClassName (or :factory)")
+    if args.by_type and (args.top or args.depth is not None):
+        raise CliError("--by-type sums every call of each layer type: --depth and --top do not apply")
     _check_generation(args)
 
 
@@ -160,7 +164,21 @@ def _check_generation(args: argparse.Namespace) -> None:
 def _build_options(args: argparse.Namespace) -> dict:
     """What summary and compare pass to the sources."""
     return {"batch": args.batch, "seq_len": args.prompt_len or args.seq_len, "input_size": args.input_size,
-            "model_class": args.hf_class, "generate": args.generate, "last_logits": args.last_logits}
+            "model_class": args.hf_class, "generate": args.generate, "last_logits": args.last_logits,
+            "trust_pickle": args.trust_pickle}
+
+
+def _say(heard: Sequence[str]) -> None:
+    """One line on stderr for the libraries' warnings (every one of them with INSPECTOR_DEBUG=1)."""
+    if not heard:
+        return
+    if os.environ.get("INSPECTOR_DEBUG"):
+        sys.stderr.write("".join(f"inspector: warning: {line}\n" for line in heard))
+        return
+    first = heard[0] if len(heard[0]) <= 110 else heard[0][:109] + "…"
+    more = f" and {len(heard) - 1} more" if len(heard) > 1 else ""
+    sys.stderr.write(f"inspector: {len(heard)} library warning(s) while building and counting, not shown: "
+                     f"{first}{more} (INSPECTOR_DEBUG=1 shows them)\n")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -168,14 +186,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     _check_summary(args)
     device = _device(args.device) or "cpu"
-    spec = load(args.model, device=device, **_build_options(args))
-    report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
-                          peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
-                          count_on=args.count_on,
-                          mode=args.mode, generate=args.generate)
+    with kept_warnings() as heard:
+        spec = load(args.model, device=device, **_build_options(args))
+        report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
+                              peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
+                              count_on=args.count_on, mode=args.mode, generate=args.generate)
+    _say(heard)
     columns = args.columns.split(",") if args.columns else None
-    print(report.render(args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
-                        by=args.sort))
+    if args.by_type:
+        print(report.by_type().render(args.format, columns=columns, exact=args.exact))
+    else:
+        print(report.render(args.format, depth=args.depth, columns=columns, exact=args.exact, top=args.top,
+                            by=args.sort))
     if not report.complete:
         return INCOMPLETE
     return FAILED if any(m for m in report.crosscheck()) else OK
@@ -201,9 +223,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CliError("name models to compare, or pass --all")
     _check_generation(args)
     for name in names:
-        if ":" not in name:
+        if split(name)[0] == DEFAULT_SOURCE:
             check_name(name)  # an unknown torchvision name fails before anything is built
     result = compare(names, device=device, progress=_progress_bar(args.progress), **_build_options(args))
+    _say(result.warnings)
     if args.sort:
         result = result.sorted(args.sort, descending=args.descending)
     print(output.render(result, args.format), end="" if args.format == "csv" else "\n")
@@ -212,7 +235,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         drawn = plot_pareto(result, plot)
         sys.stderr.write(f"wrote {plot}: {drawn}\n")
-    if result.failed:
+    if result.failed or any(r.far() for r in result.rows):
         return FAILED
     return INCOMPLETE if any(r.complete is False for r in result.rows) else OK
 
@@ -283,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="per-layer table of one model",
                        description="Per-layer table of one model. NAME: a torchvision name (resnet50), "
                                    "timm:NAME, hf:CONFIG_DIR or a cached hub name, path/to/file.py:Class, "
-                                   "or package.module:factory.")
+                                   "package.module:factory, or a model saved whole (model.pt, with --trust-pickle).")
     s.add_argument("model", metavar="NAME", help="the model (see above)")
     s.add_argument("--input-size", type=_size, metavar="N,C,H,W[:DTYPE]",
                    help="a random input of this size instead of the source's example (1,128:int64 for token ids)")
@@ -310,10 +333,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
                    help="optimizer of the training step (with --backward)")
     _generation_arguments(s)
-    s.add_argument("--format", choices=output.names("report"), default="table", help="output format (default table)")
+    s.add_argument("--by-type", action="store_true",
+                   help="calls and figures summed per layer type (Conv2d, Linear, ...) instead of per call")
+    s.add_argument("--trust-pickle", action="store_true",
+                   help="a model saved whole (model.pt) may be unpickled: this runs code stored in the file")
+    s.add_argument("--format", choices=output.names("report"), default="table",
+                   help="output format (default table; html: one self-contained page)")
     s.set_defaults(run=cmd_summary)
     c = sub.add_parser("compare", help="several models side by side",
-                       description="Several models side by side; names from any source, mixed.")
+                       description="Several models side by side; names from any source, mixed. A row more than "
+                                   f"{FAR_PCT:g}%% from its published parameters or MACs is marked FAR and the "
+                                   "exit code is 1.")
     c.add_argument("models", nargs="*", metavar="NAME", help="models to compare (as for summary)")
     c.add_argument("--all", action="store_true", help="every registered torchvision model (of --family)")
     c.add_argument("--family", choices=source("tv").families, help="with --all: one torchvision family")
@@ -324,7 +354,10 @@ def parser() -> argparse.ArgumentParser:
                    help="one random input size for every model (its own example otherwise)")
     c.add_argument("--sort", default=None, help="a column: params, macs, published_gmacs, metric_value, ...")
     c.add_argument("--descending", action="store_true", help="sort largest first")
-    c.add_argument("--format", choices=output.names("comparison"), default="table", help="output format (default table)")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="models saved whole (model.pt) may be unpickled: this runs code stored in the files")
+    c.add_argument("--format", choices=output.names("comparison"), default="table",
+                   help="output format (default table; html: the table and its plot in one page)")
     c.add_argument("--plot", metavar="FILE.png", help="accuracy against GMACs with the Pareto front, per task")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal)")
@@ -367,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("INSPECTOR_DEBUG"):
             raise
         kind = "" if isinstance(exc, (InspectorError, ValueError)) else f"{type(exc).__name__}: "
-        sys.stderr.write(f"inspector: error: {kind}{first_line(exc)}\n")
+        text = getattr(exc, "cli_message", None) or first_line(exc)  # a hint in the command line's terms
+        sys.stderr.write(f"inspector: error: {kind}{text.splitlines()[0]}\n")
         return USAGE if isinstance(exc, (InspectorError, ValueError, KeyError, ImportError, OSError)) else FAILED
 
 

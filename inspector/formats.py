@@ -8,15 +8,13 @@ a pure function of the result's data.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 from typing import Any
 
 from inspector.output import output_format
-from inspector.render import Context, all_columns, check_columns, footer, render_report
-from inspector.serving_text import generation_html
-from inspector.units import shapes_text
+from inspector.render import Context, all_columns, by_type_columns, check_columns, render_by_type, render_report
+from inspector.units import pct, shapes_text
 
 # --- reports --------------------------------------------------------------------------------------------
 
@@ -55,6 +53,8 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
             if col.figure is not None and not col.share:
                 value = row.values.get(col.figure.name)
                 cells.append("" if value is None else value)
+            elif c == "config":  # the layer's whole configuration, as data (the tables shorten it)
+                cells.append("" if row.kind == "own" else r.config)
             elif c in ("input_shape", "output_shape"):
                 cells.append("" if row.kind == "own" else shapes_text(r.input_shapes if c == "input_shape"
                                                                       else r.output_shapes))
@@ -64,13 +64,51 @@ def report_csv(report: Any, depth: int | None = None, columns: Any = None, top: 
     return out.getvalue()
 
 
-@output_format("html", "report")
-def report_html(report: Any, exact: bool = False, **options: Any) -> str:
-    table = render_report(report, tablefmt="html", exact=exact, with_footer=False, **options)
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in footer(report, exact))
-    serving = generation_html(report, exact)
-    return (f"<div><p><b>{html.escape(report.summary_line())}</b></p>{table}"
-            f"<ul style='font-size:smaller'>{items}</ul>{serving}</div>")
+# The report's "html" format is its page: inspector.page.
+
+
+# --- totals by layer type ---------------------------------------------------------------------------------
+
+@output_format("table", "by_type")
+def by_type_table(by_type: Any, tablefmt: str = "simple", **options: Any) -> str:
+    return render_by_type(by_type, tablefmt=tablefmt, **_only(options, "columns", "exact"))
+
+
+@output_format("markdown", "by_type")
+def by_type_markdown(by_type: Any, **options: Any) -> str:
+    return render_by_type(by_type, tablefmt="github", **_only(options, "columns", "exact"))
+
+
+@output_format("csv", "by_type")
+def by_type_csv(by_type: Any, columns: Any = None, **_: Any) -> str:
+    """One row per layer type: its calls and the chosen figures, exact."""
+    chosen = by_type_columns(by_type.report, columns)
+    known = all_columns()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["type", "calls", *chosen])
+    for t in by_type:
+        writer.writerow([t.type, t.calls, *(_csv_value(by_type.report, known[c], t.values) for c in chosen)])
+    return out.getvalue()
+
+
+@output_format("json", "by_type")
+def by_type_json(by_type: Any, **_: Any) -> str:
+    """Every layer type with its calls and every figure, exact."""
+    return json.dumps({"model": by_type.report.model, "types": [
+        {"type": t.type, "calls": t.calls, **t.values} for t in by_type]}, indent=1)
+
+
+def _only(options: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in names}
+
+
+def _csv_value(report: Any, col: Any, values: Any) -> Any:
+    """A figure exactly, a share as the table shows it."""
+    value = values.get(col.figure.name)
+    if col.share:
+        return pct(value, report.total(col.figure.name))
+    return "" if value is None else value
 
 
 # --- comparisons ------------------------------------------------------------------------------------------
@@ -94,7 +132,4 @@ def comparison_json(comparison: Any, **_: Any) -> str:
 def comparison_csv(comparison: Any, **_: Any) -> str:
     return comparison.to_csv()
 
-
-@output_format("html", "comparison")
-def comparison_html(comparison: Any, **_: Any) -> str:
-    return comparison.table("html")
+# A comparison's "html" format is its page: inspector.page.

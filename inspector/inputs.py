@@ -8,7 +8,7 @@ inferred input is marked as such, and if it fails the report counts parameters o
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,9 @@ def parse_size(input_size: Any) -> tuple[tuple[int, ...], torch.dtype | None]:
         input_size, dtype = input_size
         dtype = _dtype(dtype)
     if isinstance(input_size, int) and not isinstance(input_size, bool):
-        input_size = (input_size,)
+        raise InputError(f"input_size={input_size} is one number: give the whole input shape, batch first: "
+                         f"(1, {input_size}) for {input_size} features, (1, 3, {input_size}, {input_size}) for an "
+                         f"image, or ((1, {input_size}), 'int64') for {input_size} token ids")
     if not isinstance(input_size, Sequence) or isinstance(input_size, str) or not input_size:
         raise InputError(f"input_size must be a non-empty sequence of positive ints (optionally with a dtype: "
                          f"((1, 128), 'int64')), got {input_size!r}")
@@ -65,9 +67,18 @@ def _dtype(dtype: Any) -> torch.dtype:
     return found
 
 
+def takes_token_ids(model: nn.Module) -> bool:
+    """Whether the model's first layer (in registration order) is an embedding: its input is token ids."""
+    found = _first_layer(model.named_modules())
+    return found is not None and isinstance(found[1], (nn.Embedding, nn.EmbeddingBag))
+
+
 def random_input(shape: tuple[int, ...], dtype: torch.dtype | None, device: torch.device, model: nn.Module,
                  float_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Random floats, or token ids below the first embedding's vocabulary, made on ``device`` directly."""
+    """Random floats, or token ids below the first embedding's vocabulary (for an integer ``dtype``, or
+    no dtype and a model whose first layer is an embedding), made on ``device`` directly."""
+    if dtype is None and takes_token_ids(model):
+        dtype = torch.int64
     if dtype is not None and not dtype.is_floating_point:
         vocab = next((m.num_embeddings for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))), 2)
         # (model.modules(): only for token-id inputs, once)
@@ -88,9 +99,9 @@ def _torchvision_size(model: nn.Module) -> tuple[int, ...] | None:
     return (1, 3, int(side), int(side))
 
 
-def _first_layer(tree: ModelTree) -> tuple[str, nn.Module] | None:
+def _first_layer(modules: Iterable[tuple[str, nn.Module]]) -> tuple[str, nn.Module] | None:
     """The first layer in registration order that holds parameters or is a sequence layer."""
-    for name, module in tree.modules:
+    for name, module in modules:
         if isinstance(module, _SEQUENCE_FIRST):
             return name, module
         if module._parameters and any(p is not None for p in module._parameters.values()):
@@ -114,7 +125,7 @@ def infer(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> I
     if size is not None:
         return Inputs((torch.rand(size, device=device, dtype=dtype),), {},
                       (f"input {size} from torchvision's convention for {type(model).__name__}",), invented=True)
-    first = _first_layer(tree)
+    first = _first_layer(tree.modules)
     if first is not None:
         name, layer = first
         label = f"{name or '(model)'} ({type(layer).__name__})"
@@ -149,7 +160,8 @@ def resolve(tree: ModelTree, inputs: Any, kwargs: Mapping[str, Any] | None, inpu
         shape, in_dtype = parse_size(input_size)
         x = random_input(shape, in_dtype, device, tree.model, dtype)
         kind = "token ids" if not x.is_floating_point() else "random float input"
-        return Inputs((x,), kw, (f"{kind} of size {shape}",))
+        why = " (the first layer is an embedding)" if in_dtype is None and not x.is_floating_point() else ""
+        return Inputs((x,), kw, (f"{kind} of size {shape}{why}",))
     if isinstance(inputs, Mapping):
         if any(not isinstance(k, str) for k in inputs):
             raise InputError("a mapping passed as inputs holds keyword inputs: its keys must be argument names")

@@ -8,6 +8,7 @@ depth, or the calls doing the most of one figure.
 from __future__ import annotations
 
 import inspect as pyinspect
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,17 +70,19 @@ class Column:
     cell: Cell
     figure: Figure | None = None  # the figure it shows (its total goes in the Total row)
     share: bool = False           # the figure's share of its total
+    whole: bool = False           # a descriptive column whose Total is its cell for the whole model
 
 
 _DESCRIPTIVE: dict[str, Column] = {}
 
 
-def column(name: str, header: str, align: str = "left") -> Callable[[Cell], Cell]:
-    """Register a descriptive column (not a figure: figures get their columns from their registry)."""
+def column(name: str, header: str, align: str = "left", whole: bool = False) -> Callable[[Cell], Cell]:
+    """Register a descriptive column (not a figure: figures get their columns from their registry);
+    ``whole``: its Total row shows its value for the whole model (the model's own call)."""
     def bind(cell: Cell) -> Cell:
         if name in _DESCRIPTIVE:
             raise ValueError(f"column {name!r} is already registered")
-        _DESCRIPTIVE[name] = Column(header, align, cell)
+        _DESCRIPTIVE[name] = Column(header, align, cell, whole=whole)
         return cell
     return bind
 
@@ -169,10 +172,32 @@ def _type(row: Row, ctx: Context) -> str:
     return "" if row.kind == "own" else row.record.type
 
 
+#: Rewrites that shorten a layer's ``extra_repr``: tuples of one repeated value, channel counts as
+#: "in → out", the usual keyword names abbreviated, and the defaults that change no cost dropped.
+_SHORTER = [
+    (re.compile(r"\((\d+)(?:, \1)+\)"), r"\1"),
+    (re.compile(r"^in_features=(\d+), out_features=(\d+)"), r"\1 → \2"),
+    (re.compile(r"^(\d+), (\d+)(?=, kernel_size=)"), r"\1 → \2"),
+    (re.compile(r"\bkernel_size="), "k="), (re.compile(r"\bstride="), "s="), (re.compile(r"\bpadding="), "p="),
+    (re.compile(r"(?:^|, )(?:eps=1e-0[56]|momentum=0\.1|affine=True|bias=True|track_running_stats=True|"
+                r"elementwise_affine=True|inplace=(?:True|False)|dilation=1|ceil_mode=False|approximate='none'|"
+                r"padding_mode='zeros'|groups=1|output_padding=0)(?=,|$)"), ""),
+    (re.compile(r"^, "), ""),
+]
+CONFIG_WIDTH = 40
+
+
+def short_config(text: str, width: int = CONFIG_WIDTH) -> str:
+    """A layer's configuration (its ``extra_repr()``'s first line) in at most ``width`` characters:
+    "3, 64, kernel_size=(7, 7), stride=(2, 2), padding=(3, 3), bias=False" -> "3 → 64, k=7, s=2, p=3, bias=False"."""
+    for pattern, replacement in _SHORTER:
+        text = pattern.sub(replacement, text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 @column("config", "Config")
 def _config(row: Row, ctx: Context) -> str:
-    text = row.record.config
-    return "" if row.kind == "own" else (text if len(text) <= 40 else text[:39] + "…")
+    return "" if row.kind == "own" else short_config(row.record.config)
 
 
 @column("input_shape", "Input shape")
@@ -189,26 +214,26 @@ def _timed(row: Row) -> bool:
     return row.kind != "own" and row.record.inclusive.get("time_ms") is not None
 
 
-@column("gflops", "GFLOP/s", "right")
+@column("gflops", "GFLOP/s", "right", whole=True)
 def _gflops(row: Row, ctx: Context) -> str:
     value = row.record.achieved_gflops if _timed(row) else None
     return "-" if value is None else f"{value:.1f}"
 
 
-@column("mfu", "MFU", "right")
+@column("mfu", "MFU", "right", whole=True)
 def _mfu(row: Row, ctx: Context) -> str:
     t = ctx.report.timing
     value = row.record.achieved_gflops if _timed(row) else None
     return "-" if value is None or t is None or not t.peak_gflops else f"{100 * value / t.peak_gflops:.1f}%"
 
 
-@column("intensity", "FLOP/B", "right")
+@column("intensity", "FLOP/B", "right", whole=True)
 def _intensity(row: Row, ctx: Context) -> str:
     value = row.record.arithmetic_intensity if _timed(row) else None
     return "-" if value is None else f"{value:.1f}"
 
 
-@column("bound", "Bound")
+@column("bound", "Bound", whole=True)
 def _bound(row: Row, ctx: Context) -> str:
     t = ctx.report.timing
     if not _timed(row) or t is None or t.ridge is None:
@@ -226,7 +251,12 @@ def _label(row: Row, markdown: bool, flat: bool = False) -> str:
     return indent + ("(own)" if row.kind == "own" else row.record.label)
 
 
-def _total_cell(report: Any, col: Column, exact: bool) -> str:
+def total_cell(report: Any, col: Column, exact: bool) -> str:
+    """The Total row's cell of a column: the report's total of its figure (100% for a share), or a
+    ``whole`` column's value for the whole model."""
+    if col.whole:
+        roots = [r for r in report.layers if r.parent is None]
+        return col.cell(Row(roots[0], "layer", 0), Context(report, exact)) if len(roots) == 1 else ""
     if col.figure is None or not report.measured(col.figure.needs):
         return ""
     total = report.total(col.figure.name)
@@ -244,7 +274,7 @@ def render_report(report: Any, depth: int | None = None, tablefmt: str = "simple
     ctx = Context(report, exact)
     body = [[_label(row, markdown, flat=top is not None), *(known[c].cell(row, ctx) for c in chosen)]
             for row in report.shown_rows(depth, top, by)]
-    body.append(["Total", *(_total_cell(report, known[c], exact) for c in chosen)])
+    body.append(["Total", *(total_cell(report, known[c], exact) for c in chosen)])
     headers = ["Layer", *(known[c].header for c in chosen)]
     align = ["left", *(known[c].align for c in chosen)]
     table = tabulate(body, headers, tablefmt, align)
@@ -301,22 +331,26 @@ def footer(report: Any, exact: bool = False) -> list[str]:
     def n(v: int | None) -> str:
         return number(v, True) if exact or (v is not None and abs(v) < 1000) else f"{v:,} ({human(v)})"
 
-    lines = [f"Params: {n(report.total_params)} = {n(report.trainable_params)} trainable + "
-             f"{n(report.frozen_params)} frozen; buffers: {report.buffer_elements:,} elements "
-             f"({size(report.buffer_bytes)}); parameter memory {size(report.param_bytes)}"]
+    split = ("all trainable" if not report.frozen_params else "all frozen" if not report.trainable_params else
+             f"{n(report.trainable_params)} trainable + {n(report.frozen_params)} frozen")
+    lines = [f"Params: {n(report.total_params)}{', ' if split.startswith('all') else ' = '}"
+             f"{split}; buffers: {report.buffer_elements:,} elements ({size(report.buffer_bytes)}); parameter memory "
+             f"{size(report.param_bytes)}"]
     if report.ran:
         flops = "2 x MACs" if report.run.flops == "matmul" else "2 x MACs + elementwise work (flops='all')"
         lines.append(f"MACs: {n(report.total_macs)}; FLOPs = {flops} = {n(report.total_flops)}")
-        lines.append(f"Input: {_inputs_text(report)}; ran on {report.device} in {report.dtype} ({report.mode} mode); "
-                     f"peak activations {size(report.peak_activation_bytes)}")
+        peak = "" if report.training is not None else f"; peak activations {size(report.peak_activation_bytes)}"
+        lines.append(f"Input: {_inputs_text(report)}; ran on {report.device} in {report.dtype} ({report.mode} mode)"
+                     + peak)
     lines += experts_line(report)
     if report.training is not None:
         tr, mem = report.training, report.training.memory
         lines.append(f"Training step (loss {tr.loss}, optimizer {tr.optimizer or 'none'}"
-                     f"{', autocast ' + tr.autocast if tr.autocast else ''}): backward {n(tr.total_backward_macs)} MACs")
+                     f"{', autocast ' + tr.autocast if tr.autocast else ''}): backward "
+                     f"{n(tr.total_backward_macs)} MACs, {n(tr.total_backward_flops)} FLOPs")
         lines.append(f"Step memory: parameters {size(mem.parameters)}, gradients {size(mem.gradients)}, optimizer "
-                     f"state {size(mem.optimizer_state)}, saved activations {size(mem.activations)}; peak "
-                     f"{size(mem.peak)} (in {mem.peak_phase})")
+                     f"state {size(mem.optimizer_state)}, saved activations {size(mem.activations)}; peak of the step "
+                     f"{size(mem.peak)}, in {mem.peak_phase or '?'} (everything live at once)")
     if report.timing is not None:
         lines += _timing_lines(report)
     with_params = [(name, p) for name, p in report.uncalled if p]
@@ -335,3 +369,29 @@ def footer(report: Any, exact: bool = False) -> list[str]:
         lines.append("MACs: not counted (the model did not run)")
     lines += [f"Note: {note}" for note in report.notes]
     return lines
+
+
+# --- totals by layer type ---------------------------------------------------------------------------------
+
+def by_type_columns(report: Any, columns: Iterable[str] | str | None = None) -> list[str]:
+    """The figure columns of a by-type table: those asked for, else the report's default figures."""
+    known = all_columns()
+    return [c for c in check_columns(report, columns) if known[c].figure is not None]
+
+
+def render_by_type(by_type: Any, tablefmt: str = "simple", columns: Iterable[str] | None = None, exact: bool = False,
+                   with_footer: bool = True) -> str:
+    """Calls and figures per layer type, a Total row, and the report's footer lines."""
+    report = by_type.report
+    chosen = by_type_columns(report, columns)
+    known = all_columns()
+    ctx = Context(report, exact)
+    body = [[t.type, f"{t.calls:,}", *(known[c].cell(row, ctx) for c in chosen)]
+            for t, row in zip(by_type, by_type.rows())]
+    body.append(["Total", f"{sum(t.calls for t in by_type):,}", *(total_cell(report, known[c], exact) for c in chosen)])
+    table = tabulate(body, ["Type", "Calls", *(known[c].header for c in chosen)], tablefmt,
+                     ["left", "right", *(known[c].align for c in chosen)])
+    lines = footer(report, exact) if with_footer else []
+    if tablefmt in ("github", "pipe") and lines:
+        return table + "\n\n" + "\n".join(f"- {line}" for line in lines)
+    return "\n".join([table, *lines])

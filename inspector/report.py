@@ -10,16 +10,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from inspector import output
 from inspector.figures import Figure, all_figures, fold, lookup
 from inspector.op_formulas import MATMUL_LIKE
 from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
-from inspector.rows import Row, ranked_figure, rows, top_rows
+from inspector.rows import ByType, Row, ranked_figure, rows, top_rows
 from inspector.units import human, size
 
 SCHEMA_VERSION = 3
+_SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv", ".md": "markdown"}
 
 
 @dataclass(frozen=True)
@@ -382,6 +384,11 @@ class Report:
         ranks the rows shown at a depth instead."""
         return [row.record for row in self.top_rows(k, by)]
 
+    def by_type(self) -> ByType:
+        """Calls and figures summed per layer type, largest MACs first (DeepSpeed's aggregated
+        profile): ``report.by_type()["Conv2d"].macs``; ``print(report.by_type())`` for the table."""
+        return ByType.of(self)
+
     def op_totals(self) -> dict[str, OpStat]:
         """Every aten op of the forward, summed over layers, largest MAC count first."""
         return _op_totals(r.ops for r in self.layers)
@@ -511,6 +518,15 @@ class Report:
             "generation": None if self.generation is None else self.generation.to_dict(),
         }
 
+    def save(self, path: str | Path, fmt: str | None = None, **options: Any) -> Path:
+        """Write the report to ``path`` in ``fmt`` (default: from the suffix: .html the page, .json,
+        .csv, .md markdown, anything else the text table); returns the path."""
+        path = Path(path)
+        fmt = fmt or _SUFFIX_FORMATS.get(path.suffix.lower(), "table")
+        text = self.render(fmt, **options)
+        path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        return path
+
     def to_csv(self, depth: int | None = None) -> str:
         return self.render("csv", depth=depth)
 
@@ -522,7 +538,8 @@ class Report:
         return f"<Report {self.summary_line()}{calls}>"
 
     def _repr_html_(self) -> str:
-        return self.render("html")
+        """The page, as an element a notebook embeds, folded to a useful depth."""
+        return self.render("html", fragment=True)
 
 
 def _op_totals(groups: Iterable[tuple[OpStat, ...]]) -> dict[str, OpStat]:

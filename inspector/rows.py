@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inspector.figures import Figure, all_figures, lookup, whole_call
+from inspector import output
+from inspector.figures import Figure, all_figures, fold, lookup, whole_call
 from inspector.records import LayerRecord
 
 
@@ -82,3 +83,71 @@ def top_rows(layers: Sequence[LayerRecord], k: int, by: Figure, depth: int | Non
     ranked = sorted((row for row in summable if row.values.get(by.name)), key=lambda row: row.values[by.name],
                     reverse=True)
     return ranked[:k]
+
+
+# --- totals by layer type ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TypeTotal:
+    """Every call of one layer type summed (like DeepSpeed's aggregated profile): ``calls`` and the
+    own figures of those calls (``values``; read as attributes: ``t.macs``). Own figures, so that the
+    types add up to the model's totals (a container type holds its own work, not its children's)."""
+
+    type: str
+    calls: int
+    values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("type", "calls", "values"):
+            raise AttributeError(name)
+        fig = lookup(name)
+        if fig is None:
+            raise AttributeError(f"TypeTotal has no figure {name!r}")
+        return self.values.get(fig.name)
+
+
+class ByType:
+    """A report's figures by layer type, largest MACs first (parameters when the model did not run).
+    Renders through the formats registry like a report: ``str()``, ``render("csv")``..."""
+
+    KIND = "by_type"
+
+    def __init__(self, report: Any, totals: Sequence[TypeTotal]) -> None:
+        self.report = report
+        self.totals = list(totals)
+
+    @classmethod
+    def of(cls, report: Any) -> ByType:
+        groups: dict[str, list[LayerRecord]] = {}
+        for r in report.layers:
+            groups.setdefault(r.type, []).append(r)
+        key = "macs" if report.ran else "params"
+        totals = [TypeTotal(t, len(rs), fold(r.own for r in rs)) for t, rs in groups.items()]
+        return cls(report, sorted(totals, key=lambda t: (-(t.values.get(key) or 0), -(t.values.get("params") or 0),
+                                                         t.type)))
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.totals)
+
+    def __len__(self) -> int:
+        return len(self.totals)
+
+    def __getitem__(self, type_name: str) -> TypeTotal:
+        for t in self.totals:
+            if t.type == type_name:
+                return t
+        raise KeyError(f"no layer of type {type_name!r}; types: {', '.join(t.type for t in self.totals)}")
+
+    def rows(self) -> list[Row]:
+        """One summable row per type (for the formats: a record named after the type)."""
+        return [Row(LayerRecord.make(index=i, name=t.type, type=t.type, depth=0, parent=None, call=0, is_leaf=True,
+                                     own=t.values, inclusive=t.values), "layer", 0) for i, t in enumerate(self.totals)]
+
+    def render(self, fmt: str = "table", **options: Any) -> str:
+        return output.render(self, fmt, **options)
+
+    def __str__(self) -> str:
+        return self.render("table")
+
+    def _repr_html_(self) -> str:
+        return self.render("html", fragment=True)

@@ -134,7 +134,7 @@ def test_summary_line_top_and_layer_lookup():
     assert report.layer("(model)") is report.layer("")
     with pytest.raises(KeyError, match="closest: layer1"):
         report.layer("layer01")
-    assert len(repr(report)) < 120 and report._repr_html_().startswith("<div>")
+    assert len(repr(report)) < 120 and report._repr_html_().startswith('<div class="insp">')
 
 
 def test_formats_agree_on_depth():

@@ -4,6 +4,7 @@ import gc
 import json
 import math
 import pickle
+import re
 import weakref
 
 import pytest
@@ -102,8 +103,23 @@ def test_formats_render_a_hand_built_report():
     assert [(e["name"], e["row_kind"], e["folded_macs"]) for e in data["layers"]] == \
         [("", "container", 64), ("a", "layer", 32), ("b", "layer", 16)]
     assert data["figure_totals"]["macs"] == 112 and data["figure_totals"]["flops"] == 224
-    html = report.render("html")
-    assert "<b>handmade: 70 params, 112 MACs, 224 FLOPs, 280 B</b>" in html and "<td>  a" in html
+    page = report.render("html")
+    assert page.startswith("<!DOCTYPE html>") and "<h1>handmade</h1>" in page
+    # one row per call (and the model's own work), each naming itself and its parent
+    assert re.findall(r'data-name="([^"]*)" data-parent="([^"]*)"', page) == \
+        [("(model)", ""), ("(model)", "(model)"), ("a", "(model)"), ("b", "(model)")]
+    a_row = re.search(r'<tr[^>]*data-name="a".*?</tr>', page).group(0)
+    assert '<td class="num" data-v="32">32</td>' in a_row and ">28.6%<" in a_row  # 32 / 112
+    assert 'style="width:28.6%"' in a_row  # its bar
+    assert "in → out" not in a_row and ">4 → 8<" in a_row  # the configuration, shortened
+    assert re.search(r"<tfoot><tr><td>Total</td>.*>70<.*>100%<.*>112<.*>100%<", page)
+    by_type = report.by_type()  # the model's own matmul 64; the two Linears 40 + 30 params, 32 + 16 MACs
+    assert [(t.type, t.calls, t.params, t.macs) for t in by_type] == [("Net", 1, 0, 64), ("Linear", 2, 70, 48)]
+    assert by_type.render("csv").splitlines() == ["type,calls,params,params_pct,macs,macs_pct", "Net,1,0,0%,64,57.1%",
+                                                  "Linear,2,70,100.0%,48,42.9%"]
+    for fmt in FORMATS:
+        assert by_type.render(fmt) and pickle.loads(pickle.dumps(report)).by_type().render(fmt) == by_type.render(fmt)
+    assert str(by_type).splitlines()[-4].split() == ["Total", "3", "70", "100%", "112", "100%"]
     assert [r.name for r in report.top(2, by="macs")] == ["", "a"]  # the model's own 64, then a's 32
     assert report.total("macs") == 112 and report.total("params") == 70
     assert pickle.loads(pickle.dumps(report)).render("csv") == report.render("csv")

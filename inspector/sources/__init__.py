@@ -2,7 +2,8 @@
 
 A name is ``source:rest`` when ``source`` is registered (``timm:convnext_tiny``, ``hf:gpt2``,
 ``tv:resnet50``); a file path (``path/to/net.py:Net``) or an importable object
-(``package.module:factory``) otherwise when it holds a colon; a bare name is a torchvision model.
+(``package.module:factory``) otherwise when it holds a colon; a file whose suffix a source claims
+(``model.pt``: ``suffixes`` on the source); any other bare name is a torchvision model.
 Register a new source with ``@model_source("prefix")`` on a class implementing :class:`Source`.
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ class BuildOptions:
 
     device: str = "cpu"
     batch: int | None = None        # inputs' batch size (default 1)
+    trust_pickle: bool = False      # saved files (.pt): unpickle a whole module (runs the file's code)
     seq_len: int | None = None      # token sources (hf): sequence length (default 128)
     input_size: Any = None  # overrides the source's example input: a shape, or (shape, dtype)
     model_class: str | None = None  # hf: the transformers class to build instead of the config's own
@@ -117,17 +119,22 @@ def split(name: str) -> tuple[str, str]:
         return prefix.lower(), rest
     if sep:  # a file path or an import path: the python source
         return "py", name
+    for prefix in SOURCES:  # a file whose suffix a source claims (model.pt)
+        if name.lower().endswith(tuple(getattr(SOURCES.get(prefix), "suffixes", ()))):
+            return prefix, name
     return DEFAULT_SOURCE, name
 
 
 def load(name: str, *, device: str | torch.device = "cpu", batch: int | None = None, seq_len: int | None = None,
          input_size: Any = None, model_class: str | None = None, generate: int | None = None,
-         last_logits: bool = False) -> ModelSpec:
+         last_logits: bool = False, trust_pickle: bool = False) -> ModelSpec:
     """Build the model ``name`` names, with example inputs on ``device`` (see the module docstring and
-    ``BuildOptions``)."""
+    ``BuildOptions``); ``trust_pickle``: a saved file (model.pt) may be unpickled, which runs code
+    stored in it."""
     prefix, rest = split(name)  # registers the built-in sources
     options = BuildOptions(device=str(device), batch=batch, seq_len=seq_len, input_size=input_size,
-                           model_class=model_class, generate=generate, last_logits=last_logits)
+                           model_class=model_class, generate=generate, last_logits=last_logits,
+                           trust_pickle=trust_pickle)
     return SOURCES.get(prefix).build(rest, options)  # type: ignore[union-attr]
 
 

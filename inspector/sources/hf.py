@@ -41,8 +41,9 @@ def load_config(name: str) -> Any:
     try:  # a hub name from the local cache only: never a download, never a wait on the network
         return transformers.AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as exc:
+        why = first_line(exc) if path.exists() else "no such directory or cached hub name"  # not the hub's internals
         raise UnknownModelError(f"no Hugging Face config for {name!r} (a directory with config.json, or a hub "
-                                f"name already in the local cache): {first_line(exc)}") from None
+                                f"name already in the local cache): {why}") from None
 
 
 #: The Auto class for a config that names no architecture: a plain forward gets the base model;

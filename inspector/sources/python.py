@@ -7,6 +7,7 @@ given, else the model's own ``example_input()``, else ``inspect`` infers what it
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import inspect
@@ -18,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from inspector.errors import InspectorError, NotAModuleError, UnknownModelError
+from inspector.errors import InspectorError, NotAModuleError, UnknownModelError, first_line
 from inspector.sources import BuildOptions, ModelSpec, model_source
 
 
@@ -36,12 +37,31 @@ def _import_file(path: Path) -> Any:
     sys.path.insert(0, str(path.resolve().parent))  # its own sibling imports
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except SyntaxError as exc:
         del sys.modules[module_name]
-        raise
+        code = f": {exc.text.strip()}" if exc.text else ""
+        raise InspectorError(f"{path} line {exc.lineno}: {exc.msg} (a syntax error in the model file){code}") from None
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise InspectorError(f"importing {path} failed: {type(exc).__name__}: {first_line(exc)}") from exc
     finally:
         sys.path.remove(str(path.resolve().parent))
     return module
+
+
+def _models_in(module: Any) -> list[str]:
+    """What a model name may point at in ``module``: Module instances, Module classes and functions
+    (factories) defined there (imports such as ``torch`` or ``nn`` left out)."""
+    found = []
+    for name, obj in vars(module).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(obj, nn.Module):
+            found.append(name)
+        elif getattr(obj, "__module__", None) == module.__name__ and (
+                (isinstance(obj, type) and issubclass(obj, nn.Module)) or inspect.isfunction(obj)):
+            found.append(name)
+    return sorted(found)
 
 
 def _import_path(dotted: str) -> Any:
@@ -53,6 +73,9 @@ def _import_path(dotted: str) -> Any:
     except ModuleNotFoundError as exc:
         raise UnknownModelError(f"cannot import {dotted!r}: {exc} (import paths are looked up from the current "
                                 f"directory, {cwd})") from None
+    except SyntaxError as exc:
+        raise InspectorError(f"{exc.filename} line {exc.lineno}: {exc.msg} (a syntax error in the model "
+                             "file)") from None
 
 
 def resolve_object(spec: str) -> Any:
@@ -70,8 +93,12 @@ def resolve_object(spec: str) -> Any:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            public = sorted(n for n in vars(module) if not n.startswith("_"))
-            raise UnknownModelError(f"{where} has no {attr!r}; it defines: {', '.join(public[:12])}")
+            models = _models_in(module)
+            close = difflib.get_close_matches(attr, models, n=3, cutoff=0.6)
+            listed = f"; did you mean {', '.join(close)}?" if close else ""
+            defines = (f"; its modules, Module classes and functions: {', '.join(models[:12])}" if models else
+                       "; it defines no module, Module class or function")
+            raise UnknownModelError(f"{where} has no {attr!r}{listed}{defines}")
         obj = getattr(obj, part)
     return obj
 

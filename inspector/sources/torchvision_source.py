@@ -247,7 +247,9 @@ class TorchvisionSource:
         device = build_device(name, options.device)
         notes = ()
         if device != torch.device(options.device):
-            notes = (f"{name} runs on {device}: {entry(name).family} models cannot run on {options.device}",)
+            why = ("quantized kernels exist on the CPU only" if entry(name).family == "quantization" else
+                   "detection models run data-dependent ops (nonzero, NMS) that meta cannot")
+            notes = (f"ran on {device}, not {options.device}: {why}",)
         module = torchvision_model(name, device)
         family = entry(name).family
         given = options.random(module) if family not in ("detection", "optical_flow") else None
