@@ -139,10 +139,12 @@ def short_label(record: Any) -> str:
 
 
 def map_figures(report: Any) -> list[Figure]:
-    """The figures worth a map: those with a share, a time or a size, and the training step's, that
-    the report measured and that add up to more than nothing; MACs first, parameters last."""
-    found = [f for f in all_figures() if f.rank and f.column and f.derive is None and report.measured(f.needs)
-             and (f.share or f.unit != "count" or f.needs == "training") and (report.total(f.name) or 0) > 0]
+    """The figures worth a map: those with a share (MACs, time, parameters), a size, and the training
+    step's, that add up over the calls (not a peak), that the report measured and that add up to more
+    than nothing; MACs first, parameters last."""
+    found = [f for f in all_figures() if f.rank and f.column and f.fold == "sum" and (f.derive is None or f.share)
+             and report.measured(f.needs) and (f.share or f.unit == "bytes" or f.needs == "training")
+             and (report.total(f.name) or 0) > 0]
     order = lambda f: (0 if f.name == "macs" else 1 if f.unit == "ms" else 2 if f.unit == "bytes"  # noqa: E731
                        else 3 if f.needs == "training" else 4)
     return sorted(found, key=order)

@@ -374,12 +374,13 @@ def test_the_roofline_columns_total_the_whole_model():
     report = inspect(model, torch.randn(4, 64), timing=True, repeat=2, warmup=1, peak=(100.0, 10.0))
     table = report.table().splitlines()
     header = re.split(r"\s{2,}", table[0].strip())
-    total = dict(zip(header[-3:], re.split(r"\s+", next(x for x in table if x.startswith("Total")).strip())[-3:]))
+    total = dict(zip(header[-4:], re.split(r"\s+", next(x for x in table if x.startswith("Total")).strip())[-4:]))
     root = report.layer("")
     # the whole model: its FLOPs (2 x 4 x (64 x 64 + 64 x 8) = 36,864) over its own time and its bytes moved
     assert root.inclusive_flops == 36_864
     assert total["GFLOP/s"] == f"{root.achieved_gflops:.1f}" and total["FLOP/B"] == f"{root.arithmetic_intensity:.1f}"
     assert total["Bound"] == root.bound(100.0, 10.0)
+    assert total["MFU"] == f"{100 * root.achieved_gflops / 100.0:.1f}%"  # of the given 100 GFLOP/s
 
 
 def test_params_are_said_once():
