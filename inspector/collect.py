@@ -29,7 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from inspector import meta_fast, op_formulas
 from inspector.conventions import Convention
-from inspector.op_formulas import MATMUL_LIKE, Nested
+from inspector.op_classes import matmul_like
+from inspector.op_formulas import Nested
 from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
@@ -239,8 +240,8 @@ class _StorageRef(weakref.ref):
     __slots__ = ("key", "nbytes")
 
 
-#: Operator namespaces whose ops without a formula are elementwise, copies or views unless their
-#: name says matmul-like; an op of any other namespace (``torch.library`` custom ops) without a
+#: Operator namespaces whose ops without a formula are elementwise, copies or views unless
+#: ``op_classes`` lists them as matmul-like; an op of any other namespace (``torch.library`` custom ops) without a
 #: formula is reported as uncounted: nothing says what it computes.
 KNOWN_NAMESPACES = frozenset({"aten", "prims", "quantized", "profiler", "rngprims", "_c10d_functional", "c10d",
                               "torchvision"})  # torchvision: nms and RoI pooling; deform_conv2d is named as a conv
@@ -260,7 +261,7 @@ class OpInfo:
     formula: Callable[..., int] | None
     extra: Callable[..., int] | None   # the convention's elementwise cost
     allocates: bool
-    suspicious: bool                   # matmul-like by name, yet no formula
+    suspicious: bool                   # matmul-like (op_classes) or a custom op, yet no formula
     writes: tuple[Any, ...]            # argument positions (int) and names (str) the op writes
     undeclared: tuple[int, tuple[int, ...]] | None
     data_dependent: bool
@@ -299,7 +300,7 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
     undeclared = _UNDECLARED_WRITES.get(schema.name.split("::")[-1])
     unknown = func.namespace not in KNOWN_NAMESPACES  # a custom operator: what it computes is unknown
     return OpInfo(name=name, formula=formula, extra=extra, allocates=not aliases,
-                  suspicious=formula is None and (unknown or bool(MATMUL_LIKE.search(name))), writes=writes,
+                  suspicious=formula is None and (unknown or matmul_like(name)), writes=writes,
                   undeclared=undeclared,
                   data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags,
                   guarded=bool(writes or undeclared), counts=formula is not None or extra is not None,
