@@ -247,6 +247,8 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
             form = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else None
             if backward:
                 expected_bw = evaluate_backward(f.module, form, f.grad_input)
+                if expected_bw is not None and not f.grad_output:
+                    expected_bw = 0  # no gradient reached its outputs (they do not lead to the loss)
         except Exception as exc:  # noqa: BLE001 - a closed form that cannot apply is noted, not fatal
             notes.append(f"closed form of {f.name or '(model)'} ({type(f.module).__name__}) not "
                          f"checked: {first_line(exc)}")

@@ -52,7 +52,7 @@ class Frame:
 
     __slots__ = ("index", "module", "name", "depth", "parent", "inputs", "_args", "kwargs", "outputs",
                  "output_bytes", "macs", "flops", "ops", "failed", "hook_macs", "grad_input", "bw_macs", "bw_flops",
-                 "bw_ops", "saved_bytes", "recompute_macs")
+                 "bw_ops", "saved_bytes", "recompute_macs", "grad_output")
 
     def __init__(self, index: int, module: nn.Module, name: str, depth: int, parent: int | None) -> None:
         self.index = index
@@ -77,6 +77,7 @@ class Frame:
         self.bw_ops: Mapping[str, list[int]] = NONE
         self.saved_bytes = 0    # activations autograd saved for backward during this call
         self.recompute_macs = 0  # forward work recomputed in backward (activation checkpointing)
+        self.grad_output = False  # the gradient of some output arrived in backward (its backward ran)
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -525,6 +526,7 @@ class Collector:
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
         self._observers: list[Callable[[Frame, tuple, dict | None, Any], None]] = []  # see ``observing``
+        self._starting: list[Callable[[Frame, tuple], None]] = []  # see ``observing``
         self._thread = threading.get_ident()
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self._redirect: Any = None  # see ``redirected``
@@ -572,6 +574,9 @@ class Collector:
             frame = Frame(len(frames), module, name, 0, None)
         frames.append(frame)
         stack.append(frame)
+        if self._starting:
+            for callback in self._starting:
+                callback(frame, args)
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names, or an RNN counted as its fused op."""
@@ -655,13 +660,20 @@ class Collector:
                 handle.remove()
 
     @contextmanager
-    def observing(self, callback: Callable[[Frame, tuple, dict | None, Any], None]) -> Iterator[None]:
-        """``callback(frame, args, kwargs, output)`` after every call that returns, in this block."""
+    def observing(self, callback: Callable[[Frame, tuple, dict | None, Any], None],
+                  starting: Callable[[Frame, tuple], None] | None = None) -> Iterator[None]:
+        """``callback(frame, args, kwargs, output)`` after every call that returns, and
+        ``starting(frame, args)`` as every call starts (its positional arguments: a global pre-hook
+        sees no keyword arguments), in this block."""
         self._observers.append(callback)
+        if starting is not None:
+            self._starting.append(starting)
         try:
             yield
         finally:
             self._observers.remove(callback)
+            if starting is not None:
+                self._starting.remove(starting)
 
     @contextmanager
     def redirected(self, route: Any) -> Iterator[None]:
