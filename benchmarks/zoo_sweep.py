@@ -1,0 +1,395 @@
+"""Every timm model and every transformers architecture, counted on the meta device and checked against
+references nobody here wrote: the model's own parameter count and torch's FlopCounterMode.
+
+    .venv/bin/python benchmarks/zoo_sweep.py timm [--out benchmarks/zoo-timm.jsonl] [--only a,b] [--limit N]
+    .venv/bin/python benchmarks/zoo_sweep.py hf   [--out benchmarks/zoo-hf.jsonl] [--cpu-max-params 3e8]
+    .venv/bin/python benchmarks/zoo_sweep.py summary benchmarks/zoo-timm.jsonl benchmarks/zoo-hf.jsonl
+
+Not part of the test run (hours on two cores). Resumable: results go to a JSON-lines file, one line per
+model, written as each model finishes; a rerun skips the models already there. Each chunk of models
+runs in a child process (``--chunk``), so a crash or a hang (``--timeout`` seconds a model) costs one
+model, recorded as such.
+
+Per model: built on meta (timm: ``create_model(pretrained=False)``, the published input size, batch 1;
+transformers: ``AutoModel`` from the default config with every layer count capped at 2, an input
+made from ``main_input_name``). Then
+
+- ``params``: inspector's total against ``sum(p.numel() for p in model.parameters())``;
+- ``macs``: inspector's total against FlopCounterMode's FLOPs / 2 on the same meta forward. Where they
+  differ, the difference is put on the ops FlopCounterMode has no formula for (its known gaps, e.g.
+  ``aten._grouped_mm`` in some torch releases); what that does not explain is a disagreement;
+- ``crosscheck()``: empty means no closed form disagrees and every op was counted (``complete``);
+- transformers, ``--cpu-max-params``: the same model on the CPU (random weights) when it is that
+  small, inspector's totals there against the meta ones.
+
+A model that fails says where: its build, its input, its plain forward (on meta and on the CPU),
+or inspect.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
+
+from inspector import inspect  # noqa: E402
+from inspector.errors import first_line  # noqa: E402
+
+_FCM_OPS = {str(packet) for packet in flop_registry}
+LAYER_ATTRS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
+               "num_encoder_layers", "num_decoder_layers", "num_text_layers", "num_vision_layers", "depth",
+               "text_num_hidden_layers", "vision_num_hidden_layers", "num_audio_layers")
+
+
+class Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    def raise_timeout(*_):
+        raise Timeout(f"over {seconds} s")
+    previous = signal.signal(signal.SIGALRM, raise_timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- the two zoos ----------------------------------------------------------------------------------
+
+def timm_names() -> list[str]:
+    import timm
+    return list(timm.list_models())
+
+
+def timm_build(name: str, device: str) -> tuple[Any, tuple, dict]:
+    import timm
+    with torch.device(device):
+        model = timm.create_model(name, pretrained=False).eval()
+    size = (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))
+    return model, (torch.randn((1, *size), device=device),), {}
+
+
+def hf_names() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    return sorted(MODEL_MAPPING_NAMES)
+
+
+def _shrink(config: Any, seen: set[int] | None = None) -> None:
+    """Every layer count of the config and of its sub-configs capped at 2."""
+    seen = set() if seen is None else seen
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    for attr in LAYER_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 2:
+            with contextlib.suppress(Exception):
+                setattr(config, attr, 2)
+    for key in list(getattr(config, "sub_configs", {}) or {}):
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            _shrink(sub, seen)
+
+
+def hf_config(model_type: str) -> Any:
+    from transformers import AutoConfig
+    config = AutoConfig.for_model(model_type)
+    _shrink(config)
+    return config
+
+
+def _side(value: Any) -> tuple[int, int]:
+    if isinstance(value, dict):
+        return int(value.get("height", value.get("shortest_edge", 224))), int(value.get("width", value.get("shortest_edge", 224)))
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[-1])
+    return int(value), int(value)
+
+
+def hf_inputs(model: Any, config: Any, device: str, seq: int = 32) -> dict[str, torch.Tensor]:
+    """An input from the model's ``main_input_name`` (token ids, pixels, audio samples or features)."""
+    key = getattr(model, "main_input_name", "input_ids")
+    text = getattr(config, "get_text_config", lambda **_: config)(decoder=True)
+    vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 100
+    if key == "input_ids":
+        inputs = {"input_ids": torch.randint(0, min(vocab, 100), (1, seq), device=device)}
+    elif key == "pixel_values":
+        vision = getattr(config, "vision_config", None) or config
+        h, w = _side(getattr(vision, "image_size", 224))
+        inputs = {"pixel_values": torch.randn(1, getattr(vision, "num_channels", 3), h, w, device=device)}
+    elif key == "input_values":
+        inputs = {"input_values": torch.randn(1, 16000, device=device)}
+    elif key == "input_features":
+        bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 80)
+        frames = 2 * getattr(config, "max_source_positions", 1500)
+        inputs = {"input_features": torch.randn(1, bins, min(frames, 3000), device=device)}
+    else:
+        raise ValueError(f"no input recipe for main_input_name {key!r}")
+    if getattr(config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = torch.randint(0, min(vocab, 100), (1, seq), device=device)
+    return inputs
+
+
+def hf_build(model_type: str, device: str) -> tuple[Any, tuple, dict]:
+    from transformers import AutoModel
+    config = hf_config(model_type)
+    with torch.device(device):
+        model = AutoModel.from_config(config).eval()
+    return model, (), hf_inputs(model, config, device)
+
+
+ZOOS = {"timm": (timm_names, timm_build), "hf": (hf_names, hf_build)}
+
+
+# --- one model -------------------------------------------------------------------------------------
+
+class _NoModules:
+    """In place of FlopCounterMode's module tracker, whose gradient hooks fail on some models (timm's
+    CaiT: "Expected gradient function to be set"): every op counted under "Global" only, by
+    FlopCounterMode's own dispatch mode and formulas."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+
+def _flop_counter(model: Any, args: tuple, kwargs: dict, plain: bool = True) -> tuple[int, dict[str, int], bool]:
+    """FlopCounterMode's MACs (FLOPs / 2), in total and by op; False when its module tracker had to go."""
+    counter = FlopCounterMode(display=False)
+    if not plain:
+        counter.mod_tracker = _NoModules()
+    try:
+        with counter, torch.no_grad():
+            model(*args, **kwargs)
+    except AssertionError:
+        if not plain:
+            raise
+        return _flop_counter(model, args, kwargs, plain=False)
+    by_op = {str(op): int(n) // 2 for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return counter.get_total_flops() // 2, by_op, plain
+
+
+def _ops(report: Any) -> dict[str, int]:
+    totals: Counter = Counter()
+    for layer in report.layers:
+        for stat in layer.ops:
+            totals[stat.op] += stat.macs
+    return {op: macs for op, macs in totals.items() if macs}
+
+
+def _plain(model: Any, args: tuple, kwargs: dict) -> str | None:
+    """None when a plain no_grad forward runs, else its error in one line."""
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {first_line(exc)}"[:300]
+
+
+def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
+    _, build = ZOOS[zoo]
+    record: dict[str, Any] = {"zoo": zoo, "name": name}
+    start = time.perf_counter()
+    try:
+        model, args, kwargs = build(name, "meta")
+    except Exception as exc:  # noqa: BLE001
+        record.update(status="build failed", error=f"{type(exc).__name__}: {first_line(exc)}"[:300])
+        return record
+    record["params_own"] = sum(p.numel() for p in model.parameters())
+    try:
+        report = inspect(model, args, kwargs=kwargs, device="meta")
+    except Exception as exc:  # noqa: BLE001
+        record.update(status="inspect failed", error=f"{type(exc).__name__}: {first_line(exc)}"[:400],
+                      meta_forward=_plain(model, args, kwargs))
+        if zoo == "hf" and record["params_own"] <= cpu_max_params:
+            record["cpu_forward"] = _cpu_forward(zoo, name)
+        return record
+    record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
+                  crosscheck=[str(p) for p in report.crosscheck()][:20], notes=list(report.run.notes),
+                  ops=_ops(report))
+    try:
+        fcm, fcm_ops, tracked = _flop_counter(model, args, kwargs)
+        record.update(fcm_macs=fcm, fcm_ops=fcm_ops, **({} if tracked else {"fcm_without_module_tracker": True}))
+    except Exception as exc:  # noqa: BLE001
+        record["fcm_error"] = f"{type(exc).__name__}: {first_line(exc)}"[:300]
+    if zoo == "hf" and record["params_own"] <= cpu_max_params:
+        record["cpu"] = _cpu_counts(zoo, name)
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    record["status"] = verdict(record)
+    return record
+
+
+def _cpu_forward(zoo: str, name: str) -> str | None:
+    try:
+        _, build = ZOOS[zoo]
+        model, args, kwargs = build(name, "cpu")
+    except Exception as exc:  # noqa: BLE001
+        return f"build on cpu: {type(exc).__name__}: {first_line(exc)}"[:300]
+    return _plain(model, args, kwargs)
+
+
+def _cpu_counts(zoo: str, name: str) -> dict[str, Any]:
+    """inspector's totals for the same architecture built on the CPU (random weights)."""
+    try:
+        _, build = ZOOS[zoo]
+        model, args, kwargs = build(name, "cpu")
+        report = inspect(model, args, kwargs=kwargs)
+        return {"params": report.total_params, "macs": report.total_macs, "complete": report.complete}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {first_line(exc)}"[:300]}
+
+
+def verdict(r: dict[str, Any]) -> str:
+    """exact | exact where FlopCounterMode counts | differs | crosscheck | incomplete."""
+    if r.get("params") != r.get("params_own"):
+        return "params differ"
+    if not r.get("complete"):
+        return "incomplete"
+    if r.get("crosscheck"):
+        return "crosscheck"
+    cpu = r.get("cpu")
+    if cpu and "error" not in cpu and (cpu["params"], cpu["macs"]) != (r["params"], r["macs"]):
+        return "cpu differs"
+    if "fcm_macs" not in r:
+        return "no reference"
+    if r["macs"] == r["fcm_macs"]:
+        return "exact"
+    gap = {op: m for op, m in r["ops"].items() if op not in _FCM_OPS}
+    r["fcm_gaps"] = gap
+    return "exact beyond FlopCounterMode" if r["macs"] - sum(gap.values()) == r["fcm_macs"] else "differs"
+
+
+# --- the run: chunks in child processes, results appended as they come --------------------------------
+
+def _done(out: Path) -> set[str]:
+    if not out.exists():
+        return set()
+    return {json.loads(line)["name"] for line in out.read_text().splitlines() if line.strip()}
+
+
+def run_chunk(zoo: str, names: list[str], out: Path, timeout: int, cpu_max_params: float, progress: Path) -> None:
+    torch.set_num_threads(1)
+    for name in names:
+        progress.write_text(name)
+        try:
+            with time_limit(timeout):
+                record = measure(zoo, name, cpu_max_params)
+        except Timeout as exc:
+            record = {"zoo": zoo, "name": name, "status": "timeout", "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001
+            record = {"zoo": zoo, "name": name, "status": "sweep error",
+                      "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[:300]}
+        with out.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"{record['status']:32s} {name}", flush=True)
+
+
+def run(zoo: str, out: Path, only: list[str] | None, limit: int | None, chunk: int, timeout: int,
+        cpu_max_params: float) -> None:
+    names = only or ZOOS[zoo][0]()
+    todo = [n for n in names if n not in _done(out)][:limit]
+    print(f"{zoo}: {len(names)} models, {len(todo)} to run, results in {out}", flush=True)
+    progress = out.with_suffix(".current")
+    while todo:
+        batch, todo = todo[:chunk], todo[chunk:]
+        listing = out.with_suffix(".chunk")
+        listing.write_text("\n".join(batch))
+        child = subprocess.run([sys.executable, __file__, "--chunk", zoo, str(listing), str(out), str(timeout),
+                                str(cpu_max_params)])
+        if child.returncode != 0:  # crashed: the model in progress is recorded, the rest go back in line
+            crashed = progress.read_text() if progress.exists() else batch[0]
+            done = _done(out)
+            with out.open("a") as f:
+                if crashed not in done:
+                    f.write(json.dumps({"zoo": zoo, "name": crashed, "status": "crashed",
+                                        "error": f"the process exited with {child.returncode}"}) + "\n")
+            todo = [n for n in batch if n not in done and n != crashed] + todo
+
+
+# --- the summary -----------------------------------------------------------------------------------------
+
+def summary(paths: list[Path]) -> str:
+    lines = []
+    for path in paths:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        counts = Counter(r["status"] for r in records)
+        zoo = records[0]["zoo"] if records else path.stem
+        lines.append(f"### {zoo}: {len(records)} models\n")
+        lines += [f"- {status}: {n}" for status, n in counts.most_common()]
+        gaps = Counter(op for r in records for op in r.get("fcm_gaps", {}))
+        if gaps:
+            lines.append("- FlopCounterMode has no formula for: " + ", ".join(f"`{op}` ({n})" for op, n in gaps.items()))
+        lines.append("")
+        for r in sorted(records, key=lambda r: (r["status"], r["name"])):
+            if r["status"] in ("exact", "exact beyond FlopCounterMode"):
+                continue
+            detail = r.get("error") or "; ".join(r.get("crosscheck", [])[:2])
+            if r["status"] == "differs":
+                detail = f"inspector {r['macs']:,} vs FlopCounterMode {r['fcm_macs']:,}"
+            if r["status"] == "cpu differs":
+                detail = f"meta {r['params']:,} / {r['macs']:,} vs cpu {r['cpu']}"
+            if r["status"] == "inspect failed" and r.get("meta_forward"):
+                detail += f" (plain forward on meta: {r['meta_forward']})"
+            if r.get("cpu_forward") is not None and r["status"] == "inspect failed":
+                detail += f" (plain forward on cpu: {r['cpu_forward']})"
+            elif "cpu_forward" in r:
+                detail += " (plain forward on cpu: runs)"
+            lines.append(f"| {r['name']} | {r['status']} | {detail.replace('|', '/')[:300]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--chunk":
+        zoo, listing, out, timeout, cpu_max = sys.argv[2:7]
+        run_chunk(zoo, Path(listing).read_text().split("\n"), Path(out), int(timeout), float(cpu_max),
+                  Path(out).with_suffix(".current"))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("zoo", choices=[*ZOOS, "summary"])
+    parser.add_argument("paths", nargs="*", type=Path, help="summary: the result files")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", help="comma-separated names")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--chunk", type=int, default=40, help="models per child process")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds a model")
+    parser.add_argument("--cpu-max-params", type=float, default=3e8,
+                        help="transformers: also count on the CPU models up to this many parameters")
+    a = parser.parse_args()
+    if a.zoo == "summary":
+        print(summary(a.paths))
+        return
+    out = a.out or ROOT / "benchmarks" / f"zoo-{a.zoo}.jsonl"
+    run(a.zoo, out, a.only.split(",") if a.only else None, a.limit, a.chunk, a.timeout, a.cpu_max_params)
+
+
+if __name__ == "__main__":
+    main()
