@@ -129,39 +129,64 @@ def _side(value: Any) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def hf_inputs(model: Any, config: Any, device: str, seq: int = 32) -> dict[str, torch.Tensor]:
-    """An input from the model's ``main_input_name`` (token ids, pixels, audio samples or features)."""
+def hf_inputs(model: Any, config: Any, device: str, seq: int = 32) -> list[dict[str, torch.Tensor]]:
+    """Candidate inputs, the most likely first: the model's ``main_input_name`` (token ids, pixels,
+    audio samples or features), then the usual variants (text and image together for dual encoders,
+    video frames, features frames-first, audio with a channel dimension)."""
+    import inspect as pyinspect
+
     key = getattr(model, "main_input_name", "input_ids")
     text = getattr(config, "get_text_config", lambda **_: config)(decoder=True)
-    vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 100
-    if key == "input_ids":
-        inputs = {"input_ids": torch.randint(0, min(vocab, 100), (1, seq), device=device)}
-    elif key == "pixel_values":
-        vision = getattr(config, "vision_config", None) or config
-        h, w = _side(getattr(vision, "image_size", 224))
-        inputs = {"pixel_values": torch.randn(1, getattr(vision, "num_channels", 3), h, w, device=device)}
-    elif key == "input_values":
-        inputs = {"input_values": torch.randn(1, 16000, device=device)}
-    elif key == "input_features":
-        bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 80)
-        frames = 2 * getattr(config, "max_source_positions", 1500)
-        inputs = {"input_features": torch.randn(1, bins, min(frames, 3000), device=device)}
-    else:
+    vocab = min(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 100, 100)
+    vision = getattr(config, "vision_config", None) or config
+    h, w = _side(getattr(vision, "image_size", 224))
+    channels = getattr(vision, "num_channels", 3)
+    bins = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 80)
+    frames = min(2 * getattr(config, "max_source_positions", 1500), 3000)
+    ids = torch.randint(0, vocab, (1, seq), device=device)
+    pixels = torch.randn(1, channels, h, w, device=device)
+    made = {"input_ids": {"input_ids": ids}, "pixel_values": {"pixel_values": pixels},
+            "input_values": {"input_values": torch.randn(1, 16000, device=device)},
+            "input_features": {"input_features": torch.randn(1, bins, frames, device=device)}}
+    candidates = [made[key]] if key in made else []
+    try:
+        params = set(pyinspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    if {"input_ids", "pixel_values"} <= params:
+        candidates.append({"input_ids": ids, "pixel_values": pixels})
+    if key == "pixel_values" and getattr(vision, "num_frames", None):
+        candidates.append({"pixel_values": torch.randn(1, vision.num_frames, channels, h, w, device=device)})
+    if key == "input_features":
+        candidates.append({"input_features": torch.randn(1, frames, bins, device=device)})
+    if key == "input_values":
+        candidates.append({"input_values": torch.randn(1, 1, 16000, device=device)})
+    if not candidates:
         raise ValueError(f"no input recipe for main_input_name {key!r}")
     if getattr(config, "is_encoder_decoder", False):
-        inputs["decoder_input_ids"] = torch.randint(0, min(vocab, 100), (1, seq), device=device)
-    return inputs
+        for c in candidates:
+            c.setdefault("decoder_input_ids", torch.randint(0, vocab, (1, seq), device=device))
+    return candidates
 
 
-def hf_build(model_type: str, device: str) -> tuple[Any, tuple, dict]:
+def hf_build(model_type: str, device: str, recipe: int = 0) -> tuple[Any, tuple, dict]:
     from transformers import AutoModel
     config = hf_config(model_type)
     with torch.device(device):
         model = AutoModel.from_config(config).eval()
-    return model, (), hf_inputs(model, config, device)
+    candidates = hf_inputs(model, config, device)
+    if recipe >= len(candidates):
+        raise IndexError(recipe)
+    return model, (), candidates[recipe]
 
 
-ZOOS = {"timm": (timm_names, timm_build), "hf": (hf_names, hf_build)}
+def timm_build_recipe(name: str, device: str, recipe: int = 0) -> tuple[Any, tuple, dict]:
+    if recipe:
+        raise IndexError(recipe)
+    return timm_build(name, device)
+
+
+ZOOS = {"timm": (timm_names, timm_build_recipe), "hf": (hf_names, hf_build)}
 
 
 # --- one model -------------------------------------------------------------------------------------
@@ -204,6 +229,10 @@ def _ops(report: Any) -> dict[str, int]:
     return {op: macs for op, macs in totals.items() if macs}
 
 
+def _shapes(args: tuple, kwargs: dict) -> dict[str, list[int]]:
+    return {**{str(i): list(a.shape) for i, a in enumerate(args)}, **{k: list(v.shape) for k, v in kwargs.items()}}
+
+
 def _plain(model: Any, args: tuple, kwargs: dict) -> str | None:
     """None when a plain no_grad forward runs, else its error in one line."""
     try:
@@ -215,6 +244,7 @@ def _plain(model: Any, args: tuple, kwargs: dict) -> str | None:
 
 
 def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
+    """One model: inspect on meta with the first input recipe it takes; the references."""
     _, build = ZOOS[zoo]
     record: dict[str, Any] = {"zoo": zoo, "name": name}
     start = time.perf_counter()
@@ -224,14 +254,24 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
         record.update(status="build failed", error=f"{type(exc).__name__}: {first_line(exc)}"[:300])
         return record
     record["params_own"] = sum(p.numel() for p in model.parameters())
-    try:
-        report = inspect(model, args, kwargs=kwargs, device="meta")
-    except Exception as exc:  # noqa: BLE001
-        record.update(status="inspect failed", error=f"{type(exc).__name__}: {first_line(exc)}"[:400],
-                      meta_forward=_plain(model, args, kwargs))
-        if zoo == "hf" and record["params_own"] <= cpu_max_params:
-            record["cpu_forward"] = _cpu_forward(zoo, name)
-        return record
+    recipe, tried = 0, []
+    while True:
+        try:
+            report = inspect(model, args, kwargs=kwargs, device="meta")
+            break
+        except Exception as exc:  # noqa: BLE001
+            tried.append({"inputs": _shapes(args, kwargs), "error": f"{type(exc).__name__}: {first_line(exc)}"[:400],
+                          "meta_forward": _plain(model, args, kwargs)})
+        try:
+            model, args, kwargs = build(name, "meta", recipe + 1)
+            recipe += 1
+        except Exception:  # noqa: BLE001 - no other recipe
+            record.update(status="inspect failed", error=tried[0]["error"], meta_forward=tried[0]["meta_forward"],
+                          tried=tried)
+            if zoo == "hf" and record["params_own"] <= cpu_max_params:
+                record["cpu_forward"] = _cpu_forward(zoo, name)
+            return record
+    record.update(recipe=recipe, inputs=_shapes(args, kwargs), tried=tried)
     record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
                   crosscheck=[str(p) for p in report.crosscheck()][:20], notes=list(report.run.notes),
                   ops=_ops(report))
@@ -241,7 +281,7 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         record["fcm_error"] = f"{type(exc).__name__}: {first_line(exc)}"[:300]
     if zoo == "hf" and record["params_own"] <= cpu_max_params:
-        record["cpu"] = _cpu_counts(zoo, name)
+        record["cpu"] = _cpu_counts(zoo, name, recipe)
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["status"] = verdict(record)
     return record
@@ -256,11 +296,11 @@ def _cpu_forward(zoo: str, name: str) -> str | None:
     return _plain(model, args, kwargs)
 
 
-def _cpu_counts(zoo: str, name: str) -> dict[str, Any]:
-    """inspector's totals for the same architecture built on the CPU (random weights)."""
+def _cpu_counts(zoo: str, name: str, recipe: int) -> dict[str, Any]:
+    """inspector's totals for the same architecture and input built on the CPU (random weights)."""
     try:
         _, build = ZOOS[zoo]
-        model, args, kwargs = build(name, "cpu")
+        model, args, kwargs = build(name, "cpu", recipe)
         report = inspect(model, args, kwargs=kwargs)
         return {"params": report.total_params, "macs": report.total_macs, "complete": report.complete}
     except Exception as exc:  # noqa: BLE001

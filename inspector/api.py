@@ -20,6 +20,7 @@ from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
 from inspector import build
 from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
+from inspector.meta_values import Known
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, with_hint)
@@ -182,7 +183,9 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     if tree.scripted:
         notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
                      "inside runs in the TorchScript interpreter, out of reach of module hooks)")
-    model_at = inputs_mod.model_device(tree)
+    model_at, split = inputs_mod.model_device(tree, opts.device)
+    if split is not None and (opts.device is None or opts.device.type == "meta"):
+        notes.append(split)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":
         raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda' (--device cpu), not 'meta'")
@@ -199,7 +202,8 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         raise InputError(f"the inputs are on meta but the model is on {model_at}: pass device='meta' to count "
                          "without computing, or give inputs on the model's device")
     moved: set[str] = set()
-    args, kw = inputs_mod.move((ins.args, ins.kwargs), target, opts.dtype, moved)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # values of inputs moved onto meta
+    args, kw = inputs_mod.move((ins.args, ins.kwargs), target, opts.dtype, moved, kept)
     if moved and not ins.invented:
         notes += [f"inputs moved from {d} to {target}" for d in sorted(moved)]
     _check_call(model, args, kw)
@@ -207,7 +211,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     run = replace(run, input_shapes=tuple(tuple(t.shape) for t in leaves),
                   input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves), notes=tuple(notes))
     try:
-        return _inspect(tree, run, args, kw, target, opts)
+        return _inspect(tree, run, args, kw, target, opts, kept)
     except InspectorError as exc:
         if not ins.invented or isinstance(exc, InputError):
             raise
@@ -216,29 +220,68 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         return build.params_only(tree, replace(run, input_shapes=(), input_dtypes=(), notes=(*notes, note)))
 
 
-def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
+def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options,
+             kept: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Report:  # type: ignore[assignment]
     """Count (and train, and time) inside the borrow, and build the report there: what leaves the
-    borrow is plain data."""
+    borrow is plain data. On meta, a count that made up routing is counted again with another routing."""
     state = substitute_state(tree, target, opts.dtype) if opts.timing or not opts.backward else {}
-    model = tree.model
-    collector = Collector(tree, grads=opts.backward)
-    training = times = timing = None
+    times = timing = None
     with Borrow(tree, opts.mode) as borrow:
-        counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
-                            meta=target.type == "meta")
-        if target.type == "meta" and not opts.backward:
-            collector.fuse_rnns(counter)
-        if opts.backward:
-            from inspector.training import train_step
-
-            collection, training = train_step(
-                tree, args, kw, collector, counter, opts, target,
-                lambda exc, phase, frame: failure(collector, counter, exc, target, phase, frame))
-        else:
-            collection = _forward(model, state, args, kw, collector, counter, target)
+        collection, training, known = _count(tree, state, args, kw, target, opts, borrow, kept, "balanced")
+        if known is not None and known.made_up:
+            run = replace(run, notes=(*run.notes, _routing_checked(tree, state, args, kw, target, opts, borrow, kept,
+                                                                    collection, training, known.decisions)))
         if opts.timing:
             times, timing = _timed(tree, args, kw, len(collection.frames), target, opts)
         return build.report(tree, run, collection, opts.dtype, training, timing, times)
+
+
+def _count(tree: ModelTree, state: dict, args: tuple, kw: dict, target: torch.device, opts: Options, borrow: Borrow,
+           kept: Any, routing: str) -> tuple[Collection, Any, Known | None]:
+    """One counted pass (forward, or a training step): what it collected, the training figures, and
+    the values it knew on meta."""
+    collector = Collector(tree, grads=opts.backward)
+    known = None
+    if target.type == "meta":
+        known = Known(routing)
+        for meta, value in kept:
+            known.add(meta, value)
+    counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
+                        meta=target.type == "meta", known=known)
+    if target.type == "meta" and not opts.backward:
+        collector.fuse_rnns(counter)
+    if opts.backward:
+        from inspector.training import train_step
+
+        collection, training = train_step(
+            tree, args, kw, collector, counter, opts, target,
+            lambda exc, phase, frame: failure(collector, counter, exc, target, phase, frame))
+        return collection, training, known
+    return _forward(tree.model, state, args, kw, collector, counter, target), None, known
+
+
+def _routing_checked(tree: ModelTree, state: dict, args: tuple, kw: dict, target: torch.device, opts: Options,
+                     borrow: Borrow, kept: Any, collection: Collection, training: Any, decisions: int) -> str:
+    """The note of a count whose routing was made up, after counting again with every row routed to
+    the same k candidates; a MetaDeviceError when the two totals differ (the count needs the values)."""
+    def totals(c: Collection, t: Any) -> tuple[int, int | None]:
+        return sum(f.macs for f in (*c.frames, c.outside)), None if t is None else t.total_backward_macs
+
+    try:
+        again, again_training, _ = _count(tree, state, args, kw, target, opts, borrow, kept, "skewed")
+        other = totals(again, again_training)
+    except InspectorError as exc:
+        other = (f"an error: {exc}", None)  # type: ignore[assignment]
+    balanced = totals(collection, training)
+    if other != balanced:
+        raise MetaDeviceError(
+            f"the forward routes by values computed from the weights ({decisions} top-k/arg-max choice(s)), which "
+            f"the meta device does not hold, and its count depends on the routing ({balanced[0]:,} MACs with the "
+            f"choices spread evenly, {other[0] if isinstance(other[0], str) else format(other[0], ',')} with every "
+            f"row on the same ones): inspect on device='cpu' (or cuda) instead")
+    return (f"{decisions} routing choice(s) (top-k or arg-max of scores computed from the weights) made up on meta, "
+            "every row meeting k candidates spread evenly: the total is the same with every row on the same k "
+            "(counted again to check), so it holds for any routing; per-expert rows show the even one")
 
 
 def _timed(tree: ModelTree, args: tuple, kw: dict, calls: int, target: torch.device, opts: Options) -> tuple:

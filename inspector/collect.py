@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from inspector import meta_fast, op_formulas
 from inspector.conventions import Convention
+from inspector.meta_values import Known
 from inspector.op_classes import matmul_like
 from inspector.op_formulas import Nested
 from inspector.tree import ModelTree
@@ -348,9 +349,11 @@ class OpCounter(TorchDispatchMode):
         return False
 
     def __init__(self, stack: list[Frame], table: dict, convention: Convention, guard: WriteGuard | None = None,
-                 track_memory: bool = True, infos: dict | None = None, meta: bool = False, count: bool = True) -> None:
+                 track_memory: bool = True, infos: dict | None = None, meta: bool = False, count: bool = True,
+                 known: Known | None = None) -> None:
         super().__init__()
         self.meta = meta  # the run is on the meta device: fast meta kernels where there are some
+        self.known = known  # values known on meta (inspector.meta_values), mirrored on the CPU
         self.count = count  # False: only guard writes and run fast meta kernels (an uncounted warm-up)
         self.stack = stack
         self.table = table
@@ -385,7 +388,9 @@ class OpCounter(TorchDispatchMode):
             self._before_write(info, args, kwargs)
         try:
             out = NotImplemented
-            if self.meta and info.fast is not None:
+            if self.known is not None:
+                out = self.known.dispatch(func, args, kwargs if kwargs else {})
+            if out is NotImplemented and self.meta and info.fast is not None:
                 out = meta_fast.run(info.fast, func, args, kwargs)
             if out is NotImplemented:
                 # the overload's C++ entry, as its Python __call__ would pick it (one frame less per op)

@@ -289,7 +289,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
 
     if optimizer is not None:  # warm-up, uncounted: the optimizer state every later step starts with
         guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False,
-                               meta=counter.meta, count=False)
+                               meta=counter.meta, count=False, known=counter.known)
         try:
             with guard_only:
                 _, loss = step()
