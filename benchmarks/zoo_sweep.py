@@ -280,6 +280,13 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
         record.update(fcm_macs=fcm, fcm_ops=fcm_ops, **({} if tracked else {"fcm_without_module_tracker": True}))
     except Exception as exc:  # noqa: BLE001
         record["fcm_error"] = f"{type(exc).__name__}: {first_line(exc)}"[:300]
+        if "BFloat16" in record["fcm_error"]:  # torch's _grouped_mm meta kernel: bfloat16 only
+            try:
+                half = {k: v.bfloat16() if v.is_floating_point() else v for k, v in kwargs.items()}
+                fcm, fcm_ops, tracked = _flop_counter(model.bfloat16(), tuple(a.bfloat16() for a in args), half)
+                record.update(fcm_macs=fcm, fcm_ops=fcm_ops, fcm_dtype="bfloat16")
+            except Exception as again:  # noqa: BLE001
+                record["fcm_error"] += f"; in bfloat16: {type(again).__name__}: {first_line(again)}"[:300]
     if zoo == "hf" and record["params_own"] <= cpu_max_params:
         record["cpu"] = _cpu_counts(zoo, name, recipe)
     record["seconds"] = round(time.perf_counter() - start, 2)

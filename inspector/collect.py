@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from inspector import meta_fast, op_formulas
+from inspector import meta_fast, meta_values, op_formulas
 from inspector.conventions import Convention
 from inspector.meta_values import Known
 from inspector.op_classes import matmul_like
@@ -368,6 +368,19 @@ class OpCounter(TorchDispatchMode):
         self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None)
+
+    def __enter__(self) -> OpCounter:
+        if self.known is not None:  # constants made from Python data on meta: their values known too
+            self._constants = meta_values.Constants()
+            self._constants.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.known is not None:
+                self._constants.__exit__(*exc)
 
     @contextmanager
     def routed(self, route: Route) -> Iterator[None]:

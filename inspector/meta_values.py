@@ -21,6 +21,7 @@ import weakref
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 #: The largest tensor whose value is kept (elements): masks and index tables, not activations.
 LIMIT = 1 << 22
@@ -178,6 +179,22 @@ class Known:
             if other is not None and other.untyped_storage()._cdata == key:
                 self.values.pop(other_id, None)
                 self.made.discard(other_id)
+
+
+class Constants(TorchFunctionMode):
+    """``torch.tensor(data, device="meta")`` and ``torch.as_tensor`` make a meta tensor from Python data
+    without an op the dispatch mode sees: made on the CPU and moved, so its value is known."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _CONSTRUCTORS and args and not isinstance(args[0], torch.Tensor):
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type == "meta":
+                return func(*args, **{**kwargs, "device": _CPU}).to(_META)
+        return func(*args, **kwargs)
+
+
+_CONSTRUCTORS = frozenset({torch.tensor, torch.as_tensor, torch.asarray})
 
 
 class _Op:

@@ -203,3 +203,39 @@ def test_a_branch_on_values_from_the_weights_is_one_clear_line():
     with pytest.raises(MetaDeviceError) as exc:
         inspect(ChoosesByWeights(), torch.randn(1, 4), device="meta")
     assert "\n" not in str(exc.value) and "device='cpu'" in str(exc.value)
+
+
+class ShapesFromPython(nn.Module):
+    """A table made from Python data on the input's device (``torch.as_tensor``, as deformable attention
+    does with its spatial shapes), checked against the input before use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        shapes = torch.as_tensor([[2, 3], [1, 2]], dtype=torch.long, device=x.device)
+        if (shapes[:, 0] * shapes[:, 1]).sum() != x.shape[1]:  # 2*3 + 1*2 = 8 positions
+            raise ValueError("shapes do not match")
+        return self.fc(x)
+
+
+def test_constants_made_from_python_data_are_known_on_meta():
+    """fc on (1, 8, 8): 8*8*8 = 512 MACs, on the CPU and on meta."""
+    cpu, meta = _same_on_cpu_and_meta(ShapesFromPython(), torch.randn(1, 8, 8))
+    assert meta.total_macs == 8 * 8 * 8
+
+
+def test_grounding_dino_default_config_on_meta_is_complete():
+    """Its text side used to be reported incomplete for ``cummax`` (a running max, matched by the name
+    pattern "mm"); its deformable attention checks spatial shapes made with ``torch.as_tensor``."""
+    from transformers import GroundingDinoConfig, GroundingDinoModel
+
+    with torch.device("meta"):
+        model = GroundingDinoModel(GroundingDinoConfig()).eval()
+    report = inspect(model, {"input_ids": torch.randint(0, 100, (1, 32)), "pixel_values": torch.randn(1, 3, 224, 224)},
+                     device="meta")
+    assert report.complete and report.uncounted_ops == {} and report.crosscheck() == []
+    ops = {s.op for r in report.layers for s in r.ops}
+    assert "aten.cummax" in ops  # it runs, and counts 0 by convention
+    assert report.total_params == sum(p.numel() for p in model.parameters())
