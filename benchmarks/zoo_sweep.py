@@ -174,7 +174,7 @@ def hf_build(model_type: str, device: str, recipe: int = 0) -> tuple[Any, tuple,
     config = hf_config(model_type)
     with torch.device(device):
         model = AutoModel.from_config(config).eval()
-    candidates = hf_inputs(model, config, device)
+    candidates = hf_inputs(model, config, "cpu")  # as a user holds them: inspect moves them (values kept)
     if recipe >= len(candidates):
         raise IndexError(recipe)
     return model, (), candidates[recipe]
@@ -229,6 +229,16 @@ def _ops(report: Any) -> dict[str, int]:
     return {op: macs for op, macs in totals.items() if macs}
 
 
+def _on(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _on(v, device) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_on(v, device) for v in value)
+    return value
+
+
 def _shapes(args: tuple, kwargs: dict) -> dict[str, list[int]]:
     return {**{str(i): list(a.shape) for i, a in enumerate(args)}, **{k: list(v.shape) for k, v in kwargs.items()}}
 
@@ -261,7 +271,7 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
             break
         except Exception as exc:  # noqa: BLE001
             tried.append({"inputs": _shapes(args, kwargs), "error": f"{type(exc).__name__}: {first_line(exc)}"[:400],
-                          "meta_forward": _plain(model, args, kwargs)})
+                          "meta_forward": _plain(model, _on(args, "meta"), _on(kwargs, "meta"))})
         try:
             model, args, kwargs = build(name, "meta", recipe + 1)
             recipe += 1
@@ -275,6 +285,7 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
     record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
                   crosscheck=[str(p) for p in report.crosscheck()][:20], notes=list(report.run.notes),
                   ops=_ops(report))
+    args, kwargs = _on(args, "meta"), _on(kwargs, "meta")  # FlopCounterMode runs the model as it is
     try:
         fcm, fcm_ops, tracked = _flop_counter(model, args, kwargs)
         record.update(fcm_macs=fcm, fcm_ops=fcm_ops, **({} if tracked else {"fcm_without_module_tracker": True}))
@@ -288,7 +299,9 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
             except Exception as again:  # noqa: BLE001
                 record["fcm_error"] += f"; in bfloat16: {type(again).__name__}: {first_line(again)}"[:300]
     if zoo == "hf" and record["params_own"] <= cpu_max_params:
-        record["cpu"] = _cpu_counts(zoo, name, recipe)
+        record["cpu"] = cpu = _cpu_counts(zoo, name, recipe, reference="fcm_macs" not in record)
+        if "fcm_macs" not in record and "fcm_macs" in cpu:  # FlopCounterMode on the CPU instead
+            record.update(fcm_macs=cpu.pop("fcm_macs"), fcm_ops=cpu.pop("fcm_ops"), fcm_device="cpu")
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["status"] = verdict(record)
     return record
@@ -303,13 +316,17 @@ def _cpu_forward(zoo: str, name: str) -> str | None:
     return _plain(model, args, kwargs)
 
 
-def _cpu_counts(zoo: str, name: str, recipe: int) -> dict[str, Any]:
-    """inspector's totals for the same architecture and input built on the CPU (random weights)."""
+def _cpu_counts(zoo: str, name: str, recipe: int, reference: bool) -> dict[str, Any]:
+    """inspector's totals for the same architecture and input built on the CPU (random weights), and
+    FlopCounterMode's there when ``reference`` (it could not run on meta)."""
     try:
         _, build = ZOOS[zoo]
         model, args, kwargs = build(name, "cpu", recipe)
         report = inspect(model, args, kwargs=kwargs)
-        return {"params": report.total_params, "macs": report.total_macs, "complete": report.complete}
+        out = {"params": report.total_params, "macs": report.total_macs, "complete": report.complete}
+        if reference:
+            out["fcm_macs"], out["fcm_ops"], _ = _flop_counter(model, args, kwargs)
+        return out
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {first_line(exc)}"[:300]}
 

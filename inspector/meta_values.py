@@ -182,8 +182,9 @@ class Known:
 
 
 class Constants(TorchFunctionMode):
-    """``torch.tensor(data, device="meta")`` and ``torch.as_tensor`` make a meta tensor from Python data
-    without an op the dispatch mode sees: made on the CPU and moved, so its value is known."""
+    """Meta tensors made from Python data without an op the dispatch mode sees: ``torch.tensor(data,
+    device="meta")``, ``torch.as_tensor``, and the index tensor of ``x[:, [-1, 0]]``. Made on the CPU
+    (and moved), so their values are known."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -191,10 +192,22 @@ class Constants(TorchFunctionMode):
             device = kwargs.get("device")
             if device is not None and torch.device(device).type == "meta":
                 return func(*args, **{**kwargs, "device": _CPU}).to(_META)
+        elif func in _INDEXING and len(args) > 1 and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            args = (args[0], _lists_as_tensors(args[1]), *args[2:])
         return func(*args, **kwargs)
 
 
 _CONSTRUCTORS = frozenset({torch.tensor, torch.as_tensor, torch.asarray})
+_INDEXING = frozenset({torch.Tensor.__getitem__, torch.Tensor.__setitem__})
+
+
+def _lists_as_tensors(index: Any) -> Any:
+    """Lists of ints or bools in an index, as CPU tensors (the indexing code would make them on meta)."""
+    if isinstance(index, list) and index and all(isinstance(i, (int, bool)) for i in index):
+        return torch.tensor(index, device=_CPU)
+    if isinstance(index, tuple):
+        return tuple(_lists_as_tensors(i) for i in index)
+    return index
 
 
 class _Op:

@@ -239,3 +239,24 @@ def test_grounding_dino_default_config_on_meta_is_complete():
     ops = {s.op for r in report.layers for s in r.ops}
     assert "aten.cummax" in ops  # it runs, and counts 0 by convention
     assert report.total_params == sum(p.numel() for p in model.parameters())
+
+
+class PadCheck(nn.Module):
+    """transformers' padding warning: ``pad_token_id in input_ids[:, [-1, 0]]`` (an index list the
+    indexing code turns into a tensor itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(10, 8), nn.Linear(8, 8)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.fc(h) if 0 in ids[:, [-1, 0]] else self.fc(self.fc(h))
+
+
+@pytest.mark.parametrize("first", [0, 3])
+def test_an_index_list_on_known_values(first):
+    """Ids (1, 5): one Linear 5*8*8 = 320 MACs when a pad id (0) sits at either end, two otherwise."""
+    ids = torch.tensor([[first, 4, 5, 6, 7]])
+    _, meta = _same_on_cpu_and_meta(PadCheck(), ids)
+    assert meta.total_macs == 320 * (1 if first == 0 else 2)
