@@ -231,6 +231,10 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
         if known is not None and known.made_up:
             run = replace(run, notes=(*run.notes, _routing_checked(tree, state, args, kw, target, opts, borrow, kept,
                                                                     collection, training, known.decisions)))
+        if known is not None and known.assumed:
+            run = replace(run, notes=(*run.notes, f"{known.assumed} assertion(s) on values computed from the weights "
+                                      "(torch._check_tensor_all) taken to hold on meta: they raise or pass, they "
+                                      "choose no path"))
         if opts.timing:
             times, timing = _timed(tree, args, kw, len(collection.frames), target, opts)
         return build.report(tree, run, collection, opts.dtype, training, timing, times)

@@ -371,7 +371,7 @@ class OpCounter(TorchDispatchMode):
 
     def __enter__(self) -> OpCounter:
         if self.known is not None:  # constants made from Python data on meta: their values known too
-            self._constants = meta_values.Constants()
+            self._constants = meta_values.Constants(self.known)
             self._constants.__enter__()
         return super().__enter__()
 

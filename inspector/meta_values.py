@@ -17,6 +17,7 @@ with every token sent to the same k experts, and refuses in one line when the tw
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -27,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 LIMIT = 1 << 22
 _META = torch.device("meta")
 _CPU = torch.device("cpu")
+#: The largest uninitialised tensor (``empty``) taken as known: a table about to be filled.
+SMALL = 1 << 16
 #: Factories whose result is no value at all (uninitialised memory).
 _UNINITIALISED = frozenset({"empty", "empty_strided", "new_empty", "new_empty_strided", "empty_like",
                             "empty_permuted", "_empty_affine_quantized", "_empty_per_channel_affine_quantized"})
@@ -46,6 +49,7 @@ class Known:
         self.routing = routing  # "balanced" or "skewed" (every row picks the first k)
         self.decisions = 0      # routing choices made up in this pass
         self.made_up = 0        # times a made-up value decided a shape or a Python value (the count may depend on it)
+        self.assumed = 0        # assertions on values from the weights (torch._check_tensor_all) taken to hold
 
     def add(self, meta: torch.Tensor, value: torch.Tensor, made: bool = False) -> None:
         if meta.device.type != "meta" or value.numel() > LIMIT:
@@ -83,6 +87,9 @@ class Known:
         metas = [t for t in tensors if t.device.type == "meta"]
         unknown = [t for t in metas if id(t) not in self.values]
         if unknown:
+            if op.name == "_local_scalar_dense" and _asserting():
+                self.assumed += 1  # torch._check_tensor_all(cond): an assertion, not a path
+                return True
             if op.router and unknown[0] is args[0] and args[0].is_floating_point():
                 return self._route(func, op.name, args, kwargs)
             if op.indexes:
@@ -92,6 +99,8 @@ class Known:
             if op.writes:
                 self._forget_written(func, args, kwargs)
             return NotImplemented
+        if op.uninitialised and not metas and _makes_meta(args, kwargs):
+            return self._uninitialised(func, args, kwargs)
         if op.random or (not tensors and op.uninitialised) or (not metas and not _makes_meta(args, kwargs)):
             if op.writes:
                 self._forget_written(func, args, kwargs)
@@ -117,6 +126,14 @@ class Known:
         for meta, cpu in zip(_flat(out), _flat(value)):
             if isinstance(meta, torch.Tensor) and isinstance(cpu, torch.Tensor):
                 self.add(meta, cpu, made)
+        return out
+
+    def _uninitialised(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """A small ``empty`` (a table the code fills next, like DETR's spatial shapes): known as zeros,
+        so that what is written into it stays known; garbage on the CPU, no value anyone may read."""
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.numel() <= SMALL:
+            self.add(out, torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=_CPU).zero_())
         return out
 
     def _route(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
@@ -182,9 +199,14 @@ class Known:
 
 
 class Constants(TorchFunctionMode):
-    """Meta tensors made from Python data without an op the dispatch mode sees: ``torch.tensor(data,
-    device="meta")``, ``torch.as_tensor``, and the index tensor of ``x[:, [-1, 0]]``. Made on the CPU
-    (and moved), so their values are known."""
+    """What passes between Python and meta tensors without an op the dispatch mode sees. Tensors made
+    from Python data (``torch.tensor(data, device="meta")``, ``torch.as_tensor``, the index tensor of
+    ``x[:, [-1, 0]]``) are made on the CPU and moved, so their values are known; a known tensor read
+    back into Python (``.tolist()``, ``f"{t}"``) gives its value."""
+
+    def __init__(self, known: Known) -> None:
+        super().__init__()
+        self.known = known
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -194,11 +216,17 @@ class Constants(TorchFunctionMode):
                 return func(*args, **{**kwargs, "device": _CPU}).to(_META)
         elif func in _INDEXING and len(args) > 1 and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             args = (args[0], _lists_as_tensors(args[1]), *args[2:])
+        elif func in _READS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            value = self.known.value(args[0])
+            if value is not None and (func is not torch.Tensor.__format__ or value.dim() == 0):
+                self.known.made_up += id(args[0]) in self.known.made
+                return func(value, *args[1:], **kwargs)
         return func(*args, **kwargs)
 
 
 _CONSTRUCTORS = frozenset({torch.tensor, torch.as_tensor, torch.asarray})
 _INDEXING = frozenset({torch.Tensor.__getitem__, torch.Tensor.__setitem__})
+_READS = frozenset({torch.Tensor.tolist, torch.Tensor.__format__, torch.Tensor.numpy})
 
 
 def _lists_as_tensors(index: Any) -> Any:
@@ -223,11 +251,28 @@ class _Op:
         self.random = torch.Tag.nondeterministic_seeded in func.tags
         self.uninitialised = self.name in _UNINITIALISED
         #: an op that writes an argument other than its first (an ``out=``) can write a known tensor
-        self.special = self.router or self.indexes or any(
+        self.special = self.router or self.indexes or self.name == "_local_scalar_dense" or any(
             a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments[1:])
 
 
 _OPS: dict[int, _Op] = {}
+
+
+_ASSERTIONS = frozenset(f.__code__ for f in (torch._check_tensor_all_with, torch._check_tensor_all)
+                        if hasattr(f, "__code__"))
+
+
+def _asserting(depth: int = 8) -> bool:
+    """Whether the value is being read by ``torch._check_tensor_all(_with)``: a check that raises or
+    passes, never a choice of path (``transformers``' torch_compilable_check on sampled values)."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code in _ASSERTIONS:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _made_up(shape: torch.Size, dim: int, n: int, routing: str, permutation: bool) -> torch.Tensor:

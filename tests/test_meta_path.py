@@ -260,3 +260,46 @@ def test_an_index_list_on_known_values(first):
     ids = torch.tensor([[first, 4, 5, 6, 7]])
     _, meta = _same_on_cpu_and_meta(PadCheck(), ids)
     assert meta.total_macs == 320 * (1 if first == 0 else 2)
+
+
+class FilledTable(nn.Module):
+    """DETR-style: an ``empty`` table filled entry by entry, checked, read back with ``tolist()``, and
+    experts picked by name with an f-string of a tensor (switch-transformers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleDict({f"expert_{i}": nn.Linear(8, 8) for i in range(3)})
+
+    def forward(self, x, choice):
+        shapes = torch.empty((2, 2), dtype=torch.long, device=x.device)
+        shapes[0, 0], shapes[0, 1], shapes[1, 0], shapes[1, 1] = 2, 3, 1, 2
+        torch._check_tensor_all(shapes.prod(1).sum() == x.shape[1])
+        parts = x.split((shapes[:, 0] * shapes[:, 1]).tolist(), dim=1)  # 6 and 2 positions
+        out = []
+        for part, e in zip(parts, choice.nonzero()):
+            out.append(self.experts[f"expert_{e[0]}"](part))
+        return torch.cat(out, 1)
+
+
+def test_filled_tables_tolist_and_formatted_indices_on_meta():
+    """expert_0 on 6 positions, expert_2 on 2: (6 + 2) * 8 * 8 = 512 MACs; the same rows on the CPU."""
+    cpu, meta = _same_on_cpu_and_meta(FilledTable(), (torch.randn(1, 8, 8), torch.tensor([True, False, True])))
+    assert meta.total_macs == 512
+    assert (meta.layer("experts.expert_0").macs, meta.layer("experts.expert_2").macs) == (6 * 64, 2 * 64)
+
+
+class Asserts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        torch._check_tensor_all(torch.isfinite(y))  # on values from the weights: checked, never a path
+        return self.fc(y)
+
+
+def test_an_assertion_on_values_from_the_weights_is_taken_to_hold_and_said():
+    _, meta = _same_on_cpu_and_meta(Asserts(), torch.randn(2, 4))
+    assert meta.total_macs == 2 * 2 * 4 * 4
+    assert any("1 assertion(s) on values computed from the weights" in n for n in meta.run.notes)
