@@ -282,9 +282,10 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
                 record["cpu_forward"] = _cpu_forward(zoo, name)
             return record
     record.update(recipe=recipe, inputs=_shapes(args, kwargs), tried=tried)
+    check = report.crosscheck()
     record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
-                  crosscheck=[str(p) for p in report.crosscheck()][:20], notes=list(report.run.notes),
-                  ops=_ops(report))
+                  crosscheck=[str(p) for p in check][:20], checked=check.checked, calls=len(report.layers),
+                  notes=list(report.run.notes), ops=_ops(report))
     args, kwargs = _on(args, "meta"), _on(kwargs, "meta")  # FlopCounterMode runs the model as it is
     try:
         fcm, fcm_ops, tracked = _flop_counter(model, args, kwargs)
