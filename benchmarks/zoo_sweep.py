@@ -302,7 +302,8 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
     if zoo == "hf" and record["params_own"] <= cpu_max_params:
         record["cpu"] = cpu = _cpu_counts(zoo, name, recipe, reference="fcm_macs" not in record)
         if "fcm_macs" not in record and "fcm_macs" in cpu:  # FlopCounterMode on the CPU instead
-            record.update(fcm_macs=cpu.pop("fcm_macs"), fcm_ops=cpu.pop("fcm_ops"), fcm_device="cpu")
+            record.update(fcm_macs=cpu.pop("fcm_macs"), fcm_ops=cpu.pop("fcm_ops"), fcm_device="cpu",
+                          cpu_ops=cpu.pop("ops"))
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["status"] = verdict(record)
     return record
@@ -325,7 +326,8 @@ def _cpu_counts(zoo: str, name: str, recipe: int, reference: bool) -> dict[str, 
         model, args, kwargs = build(name, "cpu", recipe)
         report = inspect(model, args, kwargs=kwargs)
         out = {"params": report.total_params, "macs": report.total_macs, "complete": report.complete}
-        if reference:
+        if reference:  # FlopCounterMode on the CPU: its gaps are read off the CPU's ops (its SDPA kernel)
+            out["ops"] = _ops(report)
             out["fcm_macs"], out["fcm_ops"], _ = _flop_counter(model, args, kwargs)
         return out
     except Exception as exc:  # noqa: BLE001
@@ -347,7 +349,8 @@ def verdict(r: dict[str, Any]) -> str:
         return "no reference"
     if r["macs"] == r["fcm_macs"]:
         return "exact"
-    gap = {op: m for op, m in r["ops"].items() if op not in _FCM_OPS}
+    ops = r.get("cpu_ops", r["ops"]) if r.get("fcm_device") == "cpu" else r["ops"]
+    gap = {op: m for op, m in ops.items() if op not in _FCM_OPS}
     r["fcm_gaps"] = gap
     return "exact beyond FlopCounterMode" if r["macs"] - sum(gap.values()) == r["fcm_macs"] else "differs"
 
