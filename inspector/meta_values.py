@@ -5,10 +5,15 @@ A meta tensor holds no values. Yet a model's code often asks for some: ``attenti
 pick an attention kernel, ``nn.TransformerDecoder`` comparing its mask with a causal one, the tokens
 routed to each expert (``nonzero``), a position table's length. Those values come from the inputs and
 from constants, never from the weights: they are *known*. Each meta tensor computed from known tensors
-alone (inputs moved from the CPU, factories like ``arange``/``full``/``ones``, and what follows from
-them) gets its value computed on the CPU alongside, and an op that needs values (``.item()``, ``bool()``,
-``nonzero``, indexing by a mask, ``.tolist()``) reads it there. Values that depend on the weights stay
-unknown, and an op needing one fails with the usual one-line error, with one exception:
+alone (inputs moved from the CPU, factories like ``arange``/``full``/``ones``, ``torch.tensor(data)``,
+small ``empty`` tables the code fills, and what follows from them) gets its value computed on the CPU
+alongside, and an op that needs values (``.item()``, ``bool()``, ``nonzero``, indexing by a mask,
+``.tolist()``, an f-string) reads it there. A known tensor written with something unknown is forgotten.
+Values that depend on the weights stay unknown, and an op needing one fails with the usual one-line
+error, with two exceptions:
+
+*Assertions* (``torch._check_tensor_all`` on such values) are taken to hold: they raise or pass and
+choose no path; the report's notes count them.
 
 *Routing*: a router's top-k (or arg-max) over scores computed from weights is made up, balanced (row
 ``r`` picks ``(r*k + j) % n``, so every token meets k experts, spread evenly). The count then holds for

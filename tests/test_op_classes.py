@@ -74,11 +74,19 @@ REVIEWED_NOT_MATMUL = {
 }
 
 
+#: torch's and torchvision's own operator namespaces (custom operators elsewhere are reported whatever
+#: their name: nothing says what they compute)
+TORCH_NAMESPACES = {"aten", "prims", "prim", "quantized", "_quantized", "onednn", "mkldnn", "mkldnn_prepacked", "mkl",
+                    "sparse", "symm_mem", "_native", "inductor", "onnx", "torchvision"}
+
+
 def _schema_nets() -> dict[str, set[str]]:
     """Ops by what their schema says they take (the names of their arguments), namespace.op."""
     nets: dict[str, set[str]] = {"convolution": set(), "attention": set(), "matrix products": set(),
                                  "recurrent": set()}
     for schema in torch._C._jit_get_all_schemas():
+        if schema.name.split("::")[0] not in TORCH_NAMESPACES:
+            continue
         args = {a.name for a in schema.arguments}
         name = schema.name.replace("::", ".")
         if "weight" in args and ({"stride", "padding"} <= args or {"stride", "dilation"} <= args):
@@ -93,7 +101,8 @@ def _schema_nets() -> dict[str, set[str]]:
 
 
 NETS = _schema_nets()
-ALL_OPS = sorted({n.split(".")[0].replace("::", ".") for n in torch._C._dispatch_get_all_op_names()})
+ALL_OPS = sorted({n.split(".")[0].replace("::", ".") for n in torch._C._dispatch_get_all_op_names()
+                  if n.split("::")[0] in TORCH_NAMESPACES})
 _LOOKS = re.compile(r"conv|mm|matmul|linear|attention|rnn|lstm|gru|einsum|bilinear|\bdot\b|addmv|addr\b|outer|"
                     r"tensordot|gemm|gemv|dist|solve", re.IGNORECASE)
 
