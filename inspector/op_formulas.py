@@ -372,6 +372,20 @@ def pdist_backward_macs(grad: Shape, x: Shape, *_: Any, **__: Any) -> int:
     return pdist_macs(x)
 
 
+@op_formula("aten.linalg_solve_triangular", optional=True)
+def solve_triangular_macs(a: Shape, b: Shape, *_: Any, out_shape: Shape, **__: Any) -> int:
+    """A triangular system A X = B (or X A = B), A (..., n, n): forward or back substitution takes one
+    multiply-accumulate per entry of the triangle, n(n+1)/2, for each of X's k columns (rows)."""
+    n = a[-1]
+    return _prod(out_shape) // n * (n * (n + 1) // 2)
+
+
+@op_formula("aten.triangular_solve", optional=True)
+def triangular_solve_macs(b: Shape, a: Shape, *_: Any, **__: Any) -> int:
+    n = a[-1]
+    return _prod(b) // n * (n * (n + 1) // 2)
+
+
 @op_formula("aten.upsample_linear1d", "aten.upsample_bilinear2d", "aten._upsample_bilinear2d_aa",
             "aten.upsample_bicubic2d", "aten._upsample_bicubic2d_aa", "aten.upsample_trilinear3d",
             "aten.upsample_nearest1d", "aten.upsample_nearest2d", "aten.upsample_nearest3d",

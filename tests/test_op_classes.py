@@ -194,6 +194,12 @@ MATMUL_RUNS = {  # op -> (function, inputs, MACs by hand)
     "aten._euclidean_dist": (torch.cdist, (torch.randn(32, 10), torch.randn(64, 10)), 32 * 64 * 10),
     "aten._cdist_forward": (lambda a, b: torch.cdist(a, b, p=1), (torch.randn(4, 10), torch.randn(6, 10)), 4 * 6 * 10),
     "aten._pdist_forward": (torch.pdist, (torch.randn(7, 10),), 7 * 6 // 2 * 10),
+    # a 5x5 triangle has 15 entries, one MAC each for each of 3 right-hand sides, in a batch of 2
+    "aten.linalg_solve_triangular": (lambda a, b: torch.linalg.solve_triangular(a, b, upper=False),
+                                     (torch.randn(2, 5, 5).tril() + 5 * torch.eye(5), torch.randn(2, 5, 3)),
+                                     2 * 3 * 15),
+    "aten.triangular_solve": (lambda b, a: torch.triangular_solve(b, a, upper=False).solution,
+                              (torch.randn(5, 3), torch.randn(5, 5).tril() + 5 * torch.eye(5)), 3 * 15),
 }
 
 
