@@ -17,7 +17,9 @@ made from ``main_input_name``). Then
 - ``params``: inspector's total against ``sum(p.numel() for p in model.parameters())``;
 - ``macs``: inspector's total against FlopCounterMode's FLOPs / 2 on the same meta forward. Where they
   differ, the difference is put on the ops FlopCounterMode has no formula for (its known gaps, e.g.
-  ``aten._grouped_mm`` in some torch releases); what that does not explain is a disagreement;
+  ``aten._grouped_mm``, the CPU's SDPA kernel); what that does not explain is a disagreement. Where
+  FlopCounterMode cannot run on meta (a mask check, routing, ``_grouped_mm`` in float32), it runs
+  above a mode that only supplies inspector's known values and fast meta kernels, counting nothing;
 - ``crosscheck()``: empty means no closed form disagrees and every op was counted (``complete``);
 - transformers, ``--cpu-max-params``: the same model on the CPU (random weights) when it is that
   small, inspector's totals there against the meta ones.
@@ -51,7 +53,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
 
-from inspector import inspect  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from inspector import inspect, meta_fast, meta_values  # noqa: E402
 from inspector.errors import first_line  # noqa: E402
 
 _FCM_OPS = {str(packet) for packet in flop_registry}
@@ -221,6 +225,45 @@ def _flop_counter(model: Any, args: tuple, kwargs: dict, plain: bool = True) -> 
     return counter.get_total_flops() // 2, by_op, plain
 
 
+class _ValuesOnly(TorchDispatchMode):
+    """Below FlopCounterMode, runs each op with inspector's values known on meta (the inputs', the
+    constants'; routing made up) and its fast meta kernels, and counts nothing: FlopCounterMode, which
+    sees every op first and counts it with its own formulas, can then run a forward that reads a mask."""
+
+    def __init__(self, known: Any) -> None:
+        super().__init__()
+        self.known = known
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = self.known.dispatch(func, args, kwargs or {})
+        fast = meta_fast.lookup(func)
+        if out is NotImplemented and fast is not None:
+            out = meta_fast.run(fast, func, args, kwargs)
+        return func(*args, **(kwargs or {})) if out is NotImplemented else out
+
+
+def _flop_counter_with_values(model: Any, args: tuple, kwargs: dict) -> tuple[int, dict[str, int]]:
+    """FlopCounterMode on meta, the inputs' values known (``args``/``kwargs`` on the CPU)."""
+    known = meta_values.Known()
+    margs, mkwargs = _on(args, "meta"), _on(kwargs, "meta")
+    for meta, cpu in zip(_leaves((margs, mkwargs)), _leaves((args, kwargs))):
+        known.add(meta, cpu)
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModules()
+    with _ValuesOnly(known), meta_values.Constants(known), counter, torch.no_grad():
+        model(*margs, **mkwargs)
+    by_op = {str(op): int(n) // 2 for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return counter.get_total_flops() // 2, by_op
+
+
+def _leaves(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for v in value for t in _leaves(v)] if isinstance(value, (list, tuple)) else []
+
+
 def _ops(report: Any) -> dict[str, int]:
     totals: Counter = Counter()
     for layer in report.layers:
@@ -286,19 +329,16 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
     record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
                   crosscheck=[str(p) for p in check][:20], checked=check.checked, calls=len(report.layers),
                   notes=list(report.run.notes), ops=_ops(report))
-    args, kwargs = _on(args, "meta"), _on(kwargs, "meta")  # FlopCounterMode runs the model as it is
-    try:
-        fcm, fcm_ops, tracked = _flop_counter(model, args, kwargs)
+    try:  # FlopCounterMode runs the model as it is, on meta
+        fcm, fcm_ops, tracked = _flop_counter(model, _on(args, "meta"), _on(kwargs, "meta"))
         record.update(fcm_macs=fcm, fcm_ops=fcm_ops, **({} if tracked else {"fcm_without_module_tracker": True}))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a mask check or routing on meta, or _grouped_mm in float32
         record["fcm_error"] = f"{type(exc).__name__}: {first_line(exc)}"[:300]
-        if "BFloat16" in record["fcm_error"]:  # torch's _grouped_mm meta kernel: bfloat16 only
-            try:
-                half = {k: v.bfloat16() if v.is_floating_point() else v for k, v in kwargs.items()}
-                fcm, fcm_ops, tracked = _flop_counter(model.bfloat16(), tuple(a.bfloat16() for a in args), half)
-                record.update(fcm_macs=fcm, fcm_ops=fcm_ops, fcm_dtype="bfloat16")
-            except Exception as again:  # noqa: BLE001
-                record["fcm_error"] += f"; in bfloat16: {type(again).__name__}: {first_line(again)}"[:300]
+        try:
+            fcm, fcm_ops = _flop_counter_with_values(model, args, kwargs)
+            record.update(fcm_macs=fcm, fcm_ops=fcm_ops, fcm_with_known_values=True)
+        except Exception as again:  # noqa: BLE001
+            record["fcm_error"] += f"; with known values: {type(again).__name__}: {first_line(again)}"[:300]
     if zoo == "hf" and record["params_own"] <= cpu_max_params:
         record["cpu"] = cpu = _cpu_counts(zoo, name, recipe, reference="fcm_macs" not in record)
         if "fcm_macs" not in record and "fcm_macs" in cpu:  # FlopCounterMode on the CPU instead
@@ -405,11 +445,18 @@ def run(zoo: str, out: Path, only: list[str] | None, limit: int | None, chunk: i
 # --- the summary -----------------------------------------------------------------------------------------
 
 def summary(paths: list[Path]) -> str:
-    lines = []
+    """Counts by status and a row for every model not counted exactly, per zoo; a model measured in
+    several files (a rerun) is taken from the last."""
+    by_zoo: dict[str, dict[str, dict[str, Any]]] = {}
     for path in paths:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                by_zoo.setdefault(r["zoo"], {})[r["name"]] = r
+    lines = []
+    for zoo, named in by_zoo.items():
+        records = list(named.values())
         counts = Counter(r["status"] for r in records)
-        zoo = records[0]["zoo"] if records else path.stem
         lines.append(f"### {zoo}: {len(records)} models\n")
         lines += [f"- {status}: {n}" for status, n in counts.most_common()]
         gaps = Counter(op for r in records for op in r.get("fcm_gaps", {}))
