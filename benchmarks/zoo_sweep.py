@@ -118,11 +118,31 @@ def _shrink(config: Any, seen: set[int] | None = None) -> None:
             _shrink(sub, seen)
 
 
-def hf_config(model_type: str) -> Any:
+def _layer_overrides(config: Any) -> dict[str, Any]:
+    """Keyword arguments capping every layer count at 2, sub-configs as dicts."""
+    kwargs: dict[str, Any] = {a: 2 for a in LAYER_ATTRS if isinstance(getattr(config, a, None), int)
+                              and not isinstance(getattr(config, a), bool) and getattr(config, a) > 2}
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            inner = _layer_overrides(sub)
+            if inner:
+                kwargs[key] = {**inner, **({"model_type": sub.model_type} if getattr(sub, "model_type", None) else {})}
+    return kwargs
+
+
+def hf_configs(model_type: str) -> list[tuple[str, Any]]:
+    """The default config with every layer count capped at 2, built anew with those arguments (so
+    that per-layer lists follow) or, failing that, capped after the fact; then the default itself."""
     from transformers import AutoConfig
-    config = AutoConfig.for_model(model_type)
-    _shrink(config)
-    return config
+    default = AutoConfig.for_model(model_type)
+    out = []
+    with contextlib.suppress(Exception):
+        out.append(("2 layers", type(default)(**_layer_overrides(default))))
+    shrunk = AutoConfig.for_model(model_type)
+    _shrink(shrunk)
+    out += [("2 layers (set after)", shrunk), ("default", default)]
+    return out
 
 
 def _side(value: Any) -> tuple[int, int]:
@@ -173,11 +193,24 @@ def hf_inputs(model: Any, config: Any, device: str, seq: int = 32) -> list[dict[
     return candidates
 
 
+_BUILT: dict[str, str] = {}  # model type -> the config that built (see hf_configs)
+
+
 def hf_build(model_type: str, device: str, recipe: int = 0) -> tuple[Any, tuple, dict]:
     from transformers import AutoModel
-    config = hf_config(model_type)
-    with torch.device(device):
-        model = AutoModel.from_config(config).eval()
+    errors = []
+    for label, config in hf_configs(model_type):
+        if model_type in _BUILT and label != _BUILT[model_type]:
+            continue
+        try:
+            with torch.device(device):
+                model = AutoModel.from_config(config).eval()
+            _BUILT[model_type] = label
+            break
+        except Exception as exc:  # noqa: BLE001 - the next config
+            errors.append(exc)
+    else:
+        raise errors[-1]
     candidates = hf_inputs(model, config, "cpu")  # as a user holds them: inspect moves them (values kept)
     if recipe >= len(candidates):
         raise IndexError(recipe)
@@ -304,9 +337,11 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
     try:
         model, args, kwargs = build(name, "meta")
     except Exception as exc:  # noqa: BLE001
-        record.update(status="build failed", error=f"{type(exc).__name__}: {first_line(exc)}"[:300])
+        status = "no input recipe" if "no input recipe" in str(exc) else "build failed"
+        record.update(status=status, error=f"{type(exc).__name__}: {first_line(exc)}"[:300])
         return record
     record["params_own"] = sum(p.numel() for p in model.parameters())
+    record["config"] = _BUILT.get(name, "")
     recipe, tried = 0, []
     while True:
         try:
@@ -444,6 +479,32 @@ def run(zoo: str, out: Path, only: list[str] | None, limit: int | None, chunk: i
 
 # --- the summary -----------------------------------------------------------------------------------------
 
+def reason(r: dict[str, Any]) -> str:
+    """Why a model is not counted exactly, in one line."""
+    status = r["status"]
+    if status == "differs":
+        return f"inspector {r['macs']:,} MACs, FlopCounterMode {r['fcm_macs']:,}"
+    if status == "cpu differs":
+        return f"meta {r['params']:,} params / {r['macs']:,} MACs, cpu {r['cpu']}"
+    if status in ("crosscheck", "incomplete"):
+        return "; ".join(r.get("crosscheck", [])[:2])
+    if status == "params differ":
+        return f"inspector {r.get('params')}, the model's own {r.get('params_own')}"
+    if status == "no reference":
+        return f"FlopCounterMode failed: {r.get('fcm_error', '')}"
+    error = r.get("error", "")
+    if status != "inspect failed":
+        return error
+    cpu, meta = r.get("cpu_forward", "not run"), r.get("meta_forward")
+    if cpu not in (None, "not run"):
+        return f"the plain forward fails on the CPU too (input recipe or default config): {cpu}"
+    if "MetaDeviceError" in error:
+        return f"needs values on meta{' (the plain forward runs on the CPU)' if cpu is None else ''}: {error}"
+    if meta is not None and cpu == "not run":
+        return f"the plain forward fails on meta too (too big to try on the CPU here): {meta}"
+    return error
+
+
 def summary(paths: list[Path]) -> str:
     """Counts by status and a row for every model not counted exactly, per zoo; a model measured in
     several files (a rerun) is taken from the last."""
@@ -462,22 +523,17 @@ def summary(paths: list[Path]) -> str:
         gaps = Counter(op for r in records for op in r.get("fcm_gaps", {}))
         if gaps:
             lines.append("- FlopCounterMode has no formula for: " + ", ".join(f"`{op}` ({n})" for op, n in gaps.items()))
+        cpu = [r for r in records if isinstance(r.get("cpu"), dict) and "macs" in r["cpu"]]
+        if cpu:
+            same = sum((c["cpu"]["params"], c["cpu"]["macs"]) == (c["params"], c["macs"]) for c in cpu)
+            lines.append(f"- counted on the CPU as well (up to the size limit): {len(cpu)}, the same figures as on "
+                         f"meta: {same}")
         lines.append("")
-        for r in sorted(records, key=lambda r: (r["status"], r["name"])):
-            if r["status"] in ("exact", "exact beyond FlopCounterMode"):
-                continue
-            detail = r.get("error") or "; ".join(r.get("crosscheck", [])[:2])
-            if r["status"] == "differs":
-                detail = f"inspector {r['macs']:,} vs FlopCounterMode {r['fcm_macs']:,}"
-            if r["status"] == "cpu differs":
-                detail = f"meta {r['params']:,} / {r['macs']:,} vs cpu {r['cpu']}"
-            if r["status"] == "inspect failed" and r.get("meta_forward"):
-                detail += f" (plain forward on meta: {r['meta_forward']})"
-            if r.get("cpu_forward") is not None and r["status"] == "inspect failed":
-                detail += f" (plain forward on cpu: {r['cpu_forward']})"
-            elif "cpu_forward" in r:
-                detail += " (plain forward on cpu: runs)"
-            lines.append(f"| {r['name']} | {r['status']} | {detail.replace('|', '/')[:300]} |")
+        rows = [r for r in sorted(records, key=lambda r: (r["status"], r["name"]))
+                if r["status"] not in ("exact", "exact beyond FlopCounterMode")]
+        if rows:
+            lines += ["| model | status | reason |", "|---|---|---|"]
+            lines += [f"| {r['name']} | {r['status']} | {reason(r).replace('|', '/')[:260]} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
 
