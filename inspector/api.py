@@ -9,7 +9,7 @@ import copy
 import functools
 import gc
 import inspect as pyinspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -221,7 +221,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
 
 
 def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options,
-             kept: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Report:  # type: ignore[assignment]
+             kept: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> Report:
     """Count (and train, and time) inside the borrow, and build the report there: what leaves the
     borrow is plain data. On meta, a count that made up routing is counted again with another routing."""
     state = substitute_state(tree, target, opts.dtype) if opts.timing or not opts.backward else {}
