@@ -410,8 +410,16 @@ class OpCounter(TorchDispatchMode):
                 call = func._op if info.direct and func._pyobj_dispatcher is None else func
                 out = call(*args, **kwargs) if kwargs else call(*args)
         except Exception:
-            self.failed_op = info
-            raise
+            retried = NotImplemented
+            if self.known is not None:  # a CPU scalar a meta kernel refuses: once more with it on meta
+                try:
+                    retried = self.known.with_scalars_on_meta(func, args, kwargs)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    retried = NotImplemented
+            if retried is NotImplemented:
+                self.failed_op = info
+                raise
+            out = retried
         if not self.count:
             return out
         if self._route is not None:

@@ -133,6 +133,28 @@ class Known:
                 self.add(meta, cpu, made)
         return out
 
+    def with_scalars_on_meta(self, func: Any, args: tuple, kwargs: dict | None) -> Any:
+        """An op that failed on meta because an argument is a 0-dim CPU tensor (``masked_fill(mask,
+        torch.tensor(min))``): real kernels take CPU scalars with tensors of any device, meta kernels do
+        not. Run again with them on meta (their values known); NotImplemented when there were none."""
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dim() == 0:
+                moved = value.to(_META)
+                self.add(moved, value)
+                return moved
+            if isinstance(value, (list, tuple)):
+                return type(value)(move(v) for v in value)
+            return value
+
+        if not _has_meta((*args, *(kwargs or {}).values())):
+            return NotImplemented
+        moved_args, moved_kwargs = move(args), {k: move(v) for k, v in (kwargs or {}).items()}
+        if all(a is b for a, b in zip(_flat(moved_args), _flat(args))) and \
+                all(moved_kwargs[k] is v for k, v in (kwargs or {}).items()):
+            return NotImplemented
+        out = self.dispatch(func, moved_args, moved_kwargs)
+        return func(*moved_args, **moved_kwargs) if out is NotImplemented else out
+
     def _uninitialised(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """A small ``empty`` (a table the code fills next, like DETR's spatial shapes): known as zeros,
         so that what is written into it stays known; garbage on the CPU, no value anyone may read."""

@@ -303,3 +303,23 @@ def test_an_assertion_on_values_from_the_weights_is_taken_to_hold_and_said():
     _, meta = _same_on_cpu_and_meta(Asserts(), torch.randn(2, 4))
     assert meta.total_macs == 2 * 2 * 4 * 4
     assert any("1 assertion(s) on values computed from the weights" in n for n in meta.run.notes)
+
+
+class CpuScalarFill(nn.Module):
+    """sew-d's masked softmax: ``masked_fill(mask, torch.tensor(min))``, a 0-dim tensor on the CPU that
+    real kernels take with tensors of any device and the meta kernel refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x, mask):
+        scores = self.fc(x).masked_fill(mask == 0, torch.tensor(torch.finfo(x.dtype).min))
+        return self.fc(scores.softmax(-1))
+
+
+def test_a_cpu_scalar_with_meta_tensors():
+    """Two Linear(6, 6) on 2*4 rows: 2 * 8*6*6 = 576 MACs."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    _, meta = _same_on_cpu_and_meta(CpuScalarFill(), (torch.randn(2, 4, 6), mask))
+    assert meta.total_macs == 576
