@@ -187,34 +187,38 @@ def hf_inputs(model: Any, config: Any, device: str, seq: int = 32) -> list[dict[
         candidates.append({"input_values": torch.randn(1, 1, 16000, device=device)})
     if not candidates:
         raise ValueError(f"no input recipe for main_input_name {key!r}")
+    if "use_cache" in params:  # hybrid models whose cache has no attention layer once shrunk
+        candidates.append({**candidates[0], "use_cache": False})
     if getattr(config, "is_encoder_decoder", False):
         for c in candidates:
             c.setdefault("decoder_input_ids", torch.randint(0, vocab, (1, seq), device=device))
     return candidates
 
 
-_BUILT: dict[str, str] = {}  # model type -> the config that built (see hf_configs)
+_BUILT: dict[str, str] = {}  # model type -> the config of the last model built (see hf_configs)
 
 
 def hf_build(model_type: str, device: str, recipe: int = 0) -> tuple[Any, tuple, dict]:
+    """The ``recipe``-th (model, input) to try: each input recipe of the first config that builds (2
+    layers), then of the next (the default config, where 2 layers do not run: a hybrid model left
+    without an attention layer)."""
     from transformers import AutoModel
-    errors = []
+    errors: list[Exception] = []
     for label, config in hf_configs(model_type):
-        if model_type in _BUILT and label != _BUILT[model_type]:
-            continue
         try:
             with torch.device(device):
                 model = AutoModel.from_config(config).eval()
-            _BUILT[model_type] = label
-            break
         except Exception as exc:  # noqa: BLE001 - the next config
             errors.append(exc)
-    else:
+            continue
+        candidates = hf_inputs(model, config, "cpu")  # as a user holds them: inspect moves them (values kept)
+        if recipe < len(candidates):
+            _BUILT[model_type] = label
+            return model, (), candidates[recipe]
+        recipe -= len(candidates)
+    if errors and not _BUILT.get(model_type):
         raise errors[-1]
-    candidates = hf_inputs(model, config, "cpu")  # as a user holds them: inspect moves them (values kept)
-    if recipe >= len(candidates):
-        raise IndexError(recipe)
-    return model, (), candidates[recipe]
+    raise IndexError(recipe)
 
 
 def timm_build_recipe(name: str, device: str, recipe: int = 0) -> tuple[Any, tuple, dict]:
@@ -294,7 +298,7 @@ def _leaves(value: Any) -> list[torch.Tensor]:
         return [value]
     if isinstance(value, dict):
         value = list(value.values())
-    return [t for v in value for t in _leaves(v)] if isinstance(value, (list, tuple)) else []
+    return [t for v in value for t in _leaves(v)] if isinstance(value, (list, tuple)) else []  # scalars: none
 
 
 def _ops(report: Any) -> dict[str, int]:
@@ -315,8 +319,9 @@ def _on(value: Any, device: str) -> Any:
     return value
 
 
-def _shapes(args: tuple, kwargs: dict) -> dict[str, list[int]]:
-    return {**{str(i): list(a.shape) for i, a in enumerate(args)}, **{k: list(v.shape) for k, v in kwargs.items()}}
+def _shapes(args: tuple, kwargs: dict) -> dict[str, Any]:
+    return {**{str(i): list(a.shape) for i, a in enumerate(args)},
+            **{k: list(v.shape) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}}
 
 
 def _plain(model: Any, args: tuple, kwargs: dict) -> str | None:
@@ -359,7 +364,7 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
             if zoo == "hf" and record["params_own"] <= cpu_max_params:
                 record["cpu_forward"] = _cpu_forward(zoo, name)
             return record
-    record.update(recipe=recipe, inputs=_shapes(args, kwargs), tried=tried)
+    record.update(recipe=recipe, inputs=_shapes(args, kwargs), tried=tried, config=_BUILT.get(name, ""))
     check = report.crosscheck()
     record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
                   crosscheck=[str(p) for p in check][:20], checked=check.checked, calls=len(report.layers),
