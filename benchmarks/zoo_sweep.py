@@ -364,7 +364,8 @@ def measure(zoo: str, name: str, cpu_max_params: float) -> dict[str, Any]:
             if zoo == "hf" and record["params_own"] <= cpu_max_params:
                 record["cpu_forward"] = _cpu_forward(zoo, name)
             return record
-    record.update(recipe=recipe, inputs=_shapes(args, kwargs), tried=tried, config=_BUILT.get(name, ""))
+    record.update(recipe=recipe, inputs=_shapes(args, kwargs), tried=tried, config=_BUILT.get(name, ""),
+                  params_own=sum(p.numel() for p in model.parameters()))  # the model that ran (its config)
     check = report.crosscheck()
     record.update(params=report.total_params, macs=report.total_macs, complete=report.complete,
                   crosscheck=[str(p) for p in check][:20], checked=check.checked, calls=len(report.layers),
