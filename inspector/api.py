@@ -9,7 +9,7 @@ import copy
 import functools
 import gc
 import inspect as pyinspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -20,6 +20,7 @@ from inspector import inputs as inputs_mod
 from inspector.borrow import Borrow, call, substitute_state
 from inspector import adapters, build
 from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
+from inspector.meta_values import Known
 from inspector.op_formulas import Nested
 from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
                               UnsupportedModelError, first_line, hinted)
@@ -194,7 +195,9 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
                      "inside runs in the TorchScript interpreter, out of reach of module hooks)")
     notes += filter(None, [adapters.note(tree)])
-    model_at = inputs_mod.model_device(tree)
+    model_at, split = inputs_mod.model_device(tree, opts.device)
+    if split is not None and (opts.device is None or opts.device.type == "meta"):
+        notes.append(split)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":
         raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda' (--device cpu), not 'meta'")
@@ -211,7 +214,8 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         raise InputError(f"the inputs are on meta but the model is on {model_at}: pass device='meta' to count "
                          "without computing, or give inputs on the model's device")
     moved: set[str] = set()
-    args, kw = inputs_mod.move((ins.args, ins.kwargs), target, opts.dtype, moved)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # values of inputs moved onto meta
+    args, kw = inputs_mod.move((ins.args, ins.kwargs), target, opts.dtype, moved, kept)
     if moved and not ins.invented:
         notes += [f"inputs moved from {d} to {target}" for d in sorted(moved)]
     _check_call(model, args, kw)
@@ -219,7 +223,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     run = replace(run, input_shapes=tuple(tuple(t.shape) for t in leaves),
                   input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves), notes=tuple(notes))
     try:
-        return _inspect(tree, run, args, kw, target, opts)
+        return _inspect(tree, run, args, kw, target, opts, kept)
     except InspectorError as exc:
         if not ins.invented or isinstance(exc, InputError):
             raise
@@ -228,9 +232,11 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         return build.params_only(tree, replace(run, input_shapes=(), input_dtypes=(), notes=(*notes, note)))
 
 
-def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options) -> Report:
+def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.device, opts: Options,
+             kept: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> Report:
     """Count (and train, and time) inside the borrow, and build the report there: what leaves the
-    borrow is plain data. A forward on a GPU is counted on meta copies (see ``_count_on_meta``)."""
+    borrow is plain data. A forward on a GPU is counted on meta copies (see ``_count_on_meta``); on
+    meta, a count that made up routing is counted again with another routing."""
     training = times = timing = None
     with Borrow(tree, opts.mode) as borrow:
         if opts.generate is not None:
@@ -238,26 +244,22 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
 
             return generation(tree, run, substitute_state(tree, target, opts.dtype), args, kw, target, opts,
                               borrow.guard if borrow.owns_data else None,
-                              lambda col, ctr, exc, phase: failure(col, ctr, exc, target, phase))
+                              lambda col, ctr, exc, phase: failure(col, ctr, exc, target, phase), kept)
         collection = None
         if _count_on_meta(target, opts):
+            meta = torch.device("meta")
+            meta_kept: list[tuple[torch.Tensor, torch.Tensor]] = []
             try:
-                collection = _count(tree, args, kw, torch.device("meta"), opts, borrow)
+                meta_args, meta_kw = inputs_mod.move((args, kw), meta, opts.dtype, set(), meta_kept)
+                collection, training, run = _counted(tree, run, meta_args, meta_kw, meta, opts, borrow, meta_kept)
                 run = replace(run, notes=(*run.notes, f"counted on meta copies of the weights and inputs (the counts "
                                                       f"do not depend on the device); timed on {target}"))
             except InspectorError as exc:
                 borrow.reset()  # the meta pass may have written attributes: the device pass starts afresh
                 run = replace(run, notes=(*run.notes, f"counted on {target}: the pass on meta copies failed "
                                                       f"({first_line(exc)})"))
-        if collection is None and opts.backward:
-            from inspector.training import train_step
-
-            collector, counter = _collector(tree, opts, target, borrow)
-            collection, training = train_step(
-                tree, args, kw, collector, counter, opts, target,
-                lambda exc, phase, frame: failure(collector, counter, exc, target, phase, frame))
-        elif collection is None:
-            collection = _count(tree, args, kw, target, opts, borrow)
+        if collection is None:
+            collection, training, run = _counted(tree, run, args, kw, target, opts, borrow, kept)
         if opts.timing:
             times, timing = _timed(tree, args, kw, len(collection.frames), target, opts)
         return build.report(tree, run, collection, opts.dtype, training, timing, times)
@@ -273,22 +275,74 @@ def _count_on_meta(target: torch.device, opts: Options) -> bool:
     return opts.count_on == "meta" or (opts.count_on == "auto" and target.type == "cuda")
 
 
-def _collector(tree: ModelTree, opts: Options, device: torch.device, borrow: Borrow) -> tuple[Collector, OpCounter]:
+def _collector(tree: ModelTree, opts: Options, device: torch.device, borrow: Borrow,
+               known: Known | None = None) -> tuple[Collector, OpCounter]:
     collector = Collector(tree, grads=opts.backward)
     counter = OpCounter(collector.stack, opts.table, opts.convention, guard=borrow.guard if borrow.owns_data else None,
-                        meta=device.type == "meta", live=collector.live)
+                        meta=device.type == "meta", live=collector.live, known=known)
     if device.type == "meta" and not opts.backward:
         collector.fuse_rnns(counter)
     return collector, counter
 
 
-def _count(tree: ModelTree, args: tuple, kw: dict, device: torch.device, opts: Options, borrow: Borrow) -> Collection:
-    """The counted forward on ``device`` (copies of the weights there, and of the inputs)."""
-    state = substitute_state(tree, device, opts.dtype)
+def _counted(tree: ModelTree, run: Run, args: tuple, kw: dict, device: torch.device, opts: Options, borrow: Borrow,
+             kept: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Collection, Any, Run]:
+    """The counted pass on ``device`` (the inputs already there), with the notes of what meta assumed:
+    routing made up (and checked by a second count), assertions on values from the weights."""
+    collection, training, known = _count(tree, args, kw, device, opts, borrow, kept, "balanced")
+    if known is not None and known.made_up:
+        run = replace(run, notes=(*run.notes, _routing_checked(tree, args, kw, device, opts, borrow, kept,
+                                                                collection, training, known.decisions)))
+    if known is not None and known.assumed:
+        run = replace(run, notes=(*run.notes, f"{known.assumed} assertion(s) on values computed from the weights "
+                                  "(torch._check_tensor_all) taken to hold on meta: they raise or pass, they "
+                                  "choose no path"))
+    return collection, training, run
+
+
+def _count(tree: ModelTree, args: tuple, kw: dict, device: torch.device, opts: Options, borrow: Borrow,
+           kept: Any, routing: str) -> tuple[Collection, Any, Known | None]:
+    """One counted pass on ``device`` (forward on copies of the weights there, or a training step):
+    what it collected, the training figures, and the values it knew on meta."""
+    known = None
     if device.type == "meta":
-        args, kw = inputs_mod.move((args, kw), device, opts.dtype, set())
-    collector, counter = _collector(tree, opts, device, borrow)
-    return _forward(tree.model, state, args, kw, collector, counter, device)
+        known = Known(routing)
+        for meta, value in kept:
+            known.add(meta, value)
+    collector, counter = _collector(tree, opts, device, borrow, known)
+    if opts.backward:
+        from inspector.training import train_step
+
+        collection, training = train_step(
+            tree, args, kw, collector, counter, opts, device,
+            lambda exc, phase, frame: failure(collector, counter, exc, device, phase, frame))
+        return collection, training, known
+    state = substitute_state(tree, device, opts.dtype)
+    return _forward(tree.model, state, args, kw, collector, counter, device), None, known
+
+
+def _routing_checked(tree: ModelTree, args: tuple, kw: dict, device: torch.device, opts: Options, borrow: Borrow,
+                     kept: Any, collection: Collection, training: Any, decisions: int) -> str:
+    """The note of a count whose routing was made up, after counting again with every row routed to
+    the same k candidates; a MetaDeviceError when the two totals differ (the count needs the values)."""
+    def totals(c: Collection, t: Any) -> tuple[int, int | None]:
+        return sum(f.macs for f in (*c.frames, c.outside)), None if t is None else t.total_backward_macs
+
+    try:
+        again, again_training, _ = _count(tree, args, kw, device, opts, borrow, kept, "skewed")
+        other = totals(again, again_training)
+    except InspectorError as exc:
+        other = (f"an error: {exc}", None)  # type: ignore[assignment]
+    balanced = totals(collection, training)
+    if other != balanced:
+        raise MetaDeviceError(
+            f"the forward routes by values computed from the weights ({decisions} top-k/arg-max choice(s)), which "
+            f"the meta device does not hold, and its count depends on the routing ({balanced[0]:,} MACs with the "
+            f"choices spread evenly, {other[0] if isinstance(other[0], str) else format(other[0], ',')} with every "
+            f"row on the same ones): inspect on device='cpu' (or cuda) instead")
+    return (f"{decisions} routing choice(s) (top-k or arg-max of scores computed from the weights) made up on meta, "
+            "every row meeting k candidates spread evenly: the total is the same with every row on the same k "
+            "(counted again to check), so it holds for any routing; per-expert rows show the even one")
 
 
 def _timed(tree: ModelTree, args: tuple, kw: dict, calls: int, target: torch.device, opts: Options) -> tuple:

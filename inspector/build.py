@@ -244,18 +244,24 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
     out = []
     numbering: dict[int, int] = {}  # id(module) -> its calls so far: the call number of each frame
     backward = has("training")
+    unchecked: dict[tuple[str, str], list[str]] = {}  # (what, why) -> the calls it concerns
     for f in frames:
         number = numbering[id(f.module)] = numbering.get(id(f.module), -1) + 1
         form = expected_bw = None
+        reparam = _reparametrized(f.module)
         try:
-            form = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else None
+            form, why = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else (None, None)
+            if why is not None and not (reparam and form is not None):
+                what = f"{'closed form' if form is None else 'parameter count'} of {type(f.module).__name__}"
+                unchecked.setdefault((what, why), []).append(f.name or "(model)")
             if backward:
                 expected_bw = evaluate_backward(f.module, form, f.grad_input)
+                if expected_bw is not None and not f.grad_output:
+                    expected_bw = 0  # no gradient reached its outputs (they do not lead to the loss)
         except Exception as exc:  # noqa: BLE001 - a closed form that cannot apply is noted, not fatal
             notes.append(f"closed form of {f.name or '(model)'} ({type(f.module).__name__}) not "
                          f"checked: {first_line(exc)}")
         subtree = module_params.get(names.get(id(f.module), f.name), (0, 0))
-        reparam = _reparametrized(f.module)
         ops, bw_ops = (f.ops, f.bw_ops) if f.index else (_merged(f.ops, collection.outside.ops),
                                                        _merged(f.bw_ops, collection.outside.bw_ops))
         out.append(LayerRecord.make(
@@ -267,7 +273,14 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
             expected_params=None if form is None or reparam else form.params,
             expected_backward_macs=None if reparam else expected_bw, ops=_stats(ops), backward_ops=_stats(bw_ops),
             failed=f.failed, own=own[f.index], inclusive=inclusive[f.index]))
+    notes += [_unchecked_note(what, why, calls) for (what, why), calls in unchecked.items()]
     return tuple(out), tuple(uncalled), tuple(notes)
+
+
+def _unchecked_note(what: str, why: str, calls: list[str]) -> str:
+    """One line per layer type and reason: the closed form (or its parameter count) left unchecked."""
+    shown = ", ".join(dict.fromkeys(calls[:3])) + (", ..." if len(calls) > 3 else "")
+    return f"{what} not checked on {len(calls)} call(s) ({shown}): {why}"
 
 
 def report(tree: ModelTree, run: Run, collection: Collection, dtype: torch.dtype | None,

@@ -5,14 +5,18 @@ arguments as the hooks saw them, and the output shapes, and returns the MACs (an
 parameter count follows from the configuration, the parameter count). Nothing here looks at aten
 ops: output sizes are recomputed from the configuration, not read back from the run.
 
-Formulas are found along ``type(module).__mro__``, so subclasses (FrozenBatchNorm2d, a custom
-Conv2d, NonDynamicallyQuantizableLinear) are covered. Register new ones with ``@closed_form(Type)``.
+Formulas are found along ``type(module).__mro__``; a subclass is checked only where the formula holds
+for it: its ``forward`` (and the other methods the form names, e.g. ``_conv_forward``) is torch's own
+or the registered type's, and it holds no parameter the form does not know (``params``). A subclass
+that pads in its own forward (timm's Conv2dSame), standardises its weight with a gain (ScaledStdConv2d)
+or holds extra parameters gets no closed form, and the report's notes say why, rather than a false
+alarm. Register new ones with ``@closed_form(Type)``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -33,11 +37,55 @@ class ClosedForm:
 
 ClosedFormFn = Callable[[Any, tuple, dict, tuple], ClosedForm]
 CLOSED_FORMS: Registry[type, ClosedFormFn] = Registry("closed form")
+ParamNames = Callable[[Any], Iterable[str]]
 
 
-def closed_form(*types: type) -> Callable[[ClosedFormFn], ClosedFormFn]:
-    """Register the closed form of one or more layer types (subclasses inherit it)."""
+@dataclass(frozen=True)
+class Scope:
+    """What a closed form was written for: the methods whose work it describes, and the parameter
+    names (relative to the layer) it counts; ``params`` None: any."""
+
+    methods: tuple[str, ...] = ("forward",)
+    params: tuple[str, ...] | ParamNames | None = None
+
+
+_SCOPES: dict[type, Scope] = {}
+
+
+def closed_form(*types: type, methods: tuple[str, ...] = ("forward",),
+                params: tuple[str, ...] | ParamNames | None = None) -> Callable[[ClosedFormFn], ClosedFormFn]:
+    """Register the closed form of one or more layer types. Subclasses inherit it where it holds
+    (see the module docstring): ``methods`` are those whose work it describes, ``params`` the names of
+    the parameters it counts (None: the parameters are not checked by name)."""
+    for cls in types:
+        _SCOPES[cls] = Scope(methods, params)
     return CLOSED_FORMS.register(*types)
+
+
+def _owner(cls: type, name: str) -> type | None:
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+def not_understood(module: nn.Module, registered: type) -> str | None:
+    """Why ``registered``'s closed form does not describe ``module`` (None: it does)."""
+    cls = type(module)
+    scope = _SCOPES.get(registered, Scope())
+    if cls is not registered:
+        for name in scope.methods:
+            owner = _owner(cls, name)
+            if owner is None or owner in registered.__mro__ or owner.__module__.startswith("torch.nn."):
+                continue
+            return f"its own {name}() ({owner.__module__}.{owner.__qualname__})"
+    return None
+
+
+def unknown_params(module: nn.Module, registered: type) -> list[str]:
+    """Parameters of ``module`` (its own and its children's) that its closed form does not count."""
+    known = _SCOPES.get(registered, Scope()).params
+    if known is None:
+        return []
+    names = set(known(module) if callable(known) else known)
+    return [name for name, _ in module.named_parameters() if name not in names]
 
 
 BackwardFn = Callable[[Any, ClosedForm, bool], int]
@@ -49,9 +97,22 @@ def closed_form_backward(*types: type) -> Callable[[BackwardFn], BackwardFn]:
     return BACKWARD_FORMS.register(*types)
 
 
-def evaluate(module: nn.Module, args: tuple, kwargs: dict, out: tuple) -> ClosedForm | None:
-    fn = CLOSED_FORMS.lookup_type(type(module))
-    return None if fn is None else fn(module, args, kwargs, out)
+def evaluate(module: nn.Module, args: tuple, kwargs: dict, out: tuple) -> tuple[ClosedForm | None, str | None]:
+    """The closed form of one call, and why it is missing or partial (None: complete, or no form
+    registered): a forward it does not describe (no form), parameters it does not know (no
+    parameter count)."""
+    registered = CLOSED_FORMS.lookup_key(type(module))
+    if registered is None:
+        return None, None
+    reason = not_understood(module, registered)
+    if reason is not None:
+        return None, reason
+    form = CLOSED_FORMS.get(registered)(module, args, kwargs, out)  # type: ignore[misc]
+    extra = unknown_params(module, registered) if form.params is not None else []
+    if extra:
+        listed = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        return replace(form, params=None), f"parameters its closed form does not count ({listed})"
+    return form, None
 
 
 def evaluate_backward(module: nn.Module, form: ClosedForm | None, grad_input: bool) -> int | None:
@@ -99,7 +160,7 @@ def _conv_geometry(m: conv._ConvNd, x: Shape) -> tuple[int, Shape]:
     return batch, x[-nd:]
 
 
-@closed_form(conv._ConvNd)
+@closed_form(conv._ConvNd, methods=("forward", "_conv_forward"), params=("weight", "bias"))
 def conv_form(m: conv._ConvNd, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     batch, spatial = _conv_geometry(m, _arg(args, kwargs, 0, "input"))
     if m.padding == "same":
@@ -114,7 +175,7 @@ def conv_form(m: conv._ConvNd, args: tuple, kwargs: dict, out: tuple) -> ClosedF
                       params=m.out_channels * per_output + _bias(m, m.out_channels))
 
 
-@closed_form(conv._ConvTransposeNd)
+@closed_form(conv._ConvTransposeNd, methods=("forward", "_conv_forward"), params=("weight", "bias"))
 def conv_transpose_form(m: conv._ConvTransposeNd, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     """Each input position is scattered through out_channels/groups filters of the kernel's volume."""
     batch, spatial = _conv_geometry(m, _arg(args, kwargs, 0, "input"))
@@ -131,7 +192,7 @@ def weight_layer_backward(m: nn.Module, form: ClosedForm, grad_input: bool) -> i
 
 # --- dense layers ----------------------------------------------------------------------------------
 
-@closed_form(nn.Linear)
+@closed_form(nn.Linear, params=("weight", "bias"))
 def linear_form(m: nn.Linear, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     x = _arg(args, kwargs, 0, "input")
     rows = math.prod(x[:-1])
@@ -139,7 +200,7 @@ def linear_form(m: nn.Linear, args: tuple, kwargs: dict, out: tuple) -> ClosedFo
                       params=m.in_features * m.out_features + _bias(m, m.out_features))
 
 
-@closed_form(nn.Bilinear)
+@closed_form(nn.Bilinear, params=("weight", "bias"))
 def bilinear_form(m: nn.Bilinear, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     """y_o = x1^T A_o x2: one MAC per weight per sample."""
     rows = math.prod(_arg(args, kwargs, 0, "input1")[:-1])
@@ -147,12 +208,12 @@ def bilinear_form(m: nn.Bilinear, args: tuple, kwargs: dict, out: tuple) -> Clos
     return ClosedForm(macs=rows * weights, params=weights + _bias(m, m.out_features))
 
 
-@closed_form(nn.Embedding)
+@closed_form(nn.Embedding, params=("weight",))
 def embedding_form(m: nn.Embedding, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     return ClosedForm(macs=0, params=m.num_embeddings * m.embedding_dim)
 
 
-@closed_form(nn.EmbeddingBag)
+@closed_form(nn.EmbeddingBag, params=("weight",))
 def embedding_bag_form(m: nn.EmbeddingBag, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     """Sums and means are additions; only per-sample weights multiply (once per looked-up row)."""
     weighted = _arg(args, kwargs, 2, "per_sample_weights") is not None
@@ -166,7 +227,7 @@ def embedding_bag_form(m: nn.EmbeddingBag, args: tuple, kwargs: dict, out: tuple
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-@closed_form(nn.RNNBase)
+@closed_form(nn.RNNBase, params=lambda m: m._flat_weights_names)
 def rnn_form(m: nn.RNNBase, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     """Per step, layer and direction: gates * H * (I_layer + H_out) MACs, plus H * P for a projection.
 
@@ -196,6 +257,10 @@ def _seq(shape: Shape, batch_first: bool) -> tuple[int, int]:
     return (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
 
 
+_MHA_PARAMS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k", "bias_v",
+               "out_proj.weight", "out_proj.bias")
+
+
 def mha_macs(m: nn.MultiheadAttention, q: Shape, k: Shape) -> int:
     """Projections (q: L*E*E, k: S*kdim*E, v: S*vdim*E, out: L*E*E) + 2*L*S'*E for attention."""
     batch, q_len = _seq(q, m.batch_first)
@@ -206,7 +271,7 @@ def mha_macs(m: nn.MultiheadAttention, q: Shape, k: Shape) -> int:
     return batch * (projections + 2 * q_len * attended * e)
 
 
-@closed_form(nn.MultiheadAttention)
+@closed_form(nn.MultiheadAttention, params=_MHA_PARAMS)
 def mha_form(m: nn.MultiheadAttention, args: tuple, kwargs: dict, out: tuple) -> ClosedForm:
     e = m.embed_dim
     params = e * e + (m.kdim + m.vdim) * e + e * e + _bias(m, 3 * e, "in_proj_bias")
@@ -248,11 +313,15 @@ def _zero_macs(params: Callable[[Any], int]) -> ClosedFormFn:
     return form
 
 
-closed_form(_NormBase, nn.GroupNorm)(_zero_macs(
-    lambda m: 2 * getattr(m, "num_features", getattr(m, "num_channels", 0)) if m.affine else 0))
-closed_form(nn.LayerNorm)(_zero_macs(
-    lambda m: (math.prod(m.normalized_shape) * (1 + (m.bias is not None)) if m.elementwise_affine else 0)))
-closed_form(nn.PReLU)(_zero_macs(lambda m: m.num_parameters))
+def _affine(size: int) -> Callable[[Any], int]:
+    """A per-channel scale and shift, each counted where the layer really has it."""
+    return lambda m: size * ((getattr(m, "weight", None) is not None) + (getattr(m, "bias", None) is not None))
+
+
+closed_form(_NormBase, params=("weight", "bias"))(_zero_macs(lambda m: _affine(m.num_features)(m)))
+closed_form(nn.GroupNorm, params=("weight", "bias"))(_zero_macs(lambda m: _affine(m.num_channels)(m)))
+closed_form(nn.LayerNorm, params=("weight", "bias"))(_zero_macs(lambda m: _affine(math.prod(m.normalized_shape))(m)))
+closed_form(nn.PReLU, params=("weight",))(_zero_macs(lambda m: m.num_parameters))
 
 _PARAMETER_FREE: list[type] = [
     pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd, pooling._AdaptiveMaxPoolNd,
@@ -264,4 +333,4 @@ _PARAMETER_FREE: list[type] = [
       if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == activation.__name__
       and cls not in (nn.MultiheadAttention, nn.PReLU)],
 ]
-closed_form(*_PARAMETER_FREE)(_zero_macs(lambda m: 0))
+closed_form(*_PARAMETER_FREE, params=())(_zero_macs(lambda m: 0))

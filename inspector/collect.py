@@ -27,9 +27,11 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from inspector import meta_fast, op_formulas
+from inspector import meta_fast, meta_values, op_formulas
 from inspector.conventions import Convention
-from inspector.op_formulas import MATMUL_LIKE, Nested
+from inspector.meta_values import Known
+from inspector.op_classes import matmul_like
+from inspector.op_formulas import Nested
 from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
@@ -51,7 +53,7 @@ class Frame:
 
     __slots__ = ("index", "module", "name", "depth", "parent", "inputs", "_args", "kwargs", "outputs",
                  "output_bytes", "macs", "flops", "ops", "failed", "hook_macs", "grad_input", "bw_macs", "bw_flops",
-                 "bw_ops", "saved_bytes", "recompute_macs", "start_bytes", "peak_bytes")
+                 "bw_ops", "saved_bytes", "recompute_macs", "start_bytes", "peak_bytes", "grad_output")
 
     def __init__(self, index: int, module: nn.Module, name: str, depth: int, parent: int | None) -> None:
         self.index = index
@@ -78,6 +80,7 @@ class Frame:
         self.recompute_macs = 0  # forward work recomputed in backward (activation checkpointing)
         self.start_bytes = 0    # live bytes the pass had made when this call started
         self.peak_bytes = 0     # the highest live bytes while it ran
+        self.grad_output = False  # the gradient of some output arrived in backward (its backward ran)
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -241,8 +244,8 @@ class _StorageRef(weakref.ref):
     __slots__ = ("key", "nbytes")
 
 
-#: Operator namespaces whose ops without a formula are elementwise, copies or views unless their
-#: name says matmul-like; an op of any other namespace (``torch.library`` custom ops) without a
+#: Operator namespaces whose ops without a formula are elementwise, copies or views unless
+#: ``op_classes`` lists them as matmul-like; an op of any other namespace (``torch.library`` custom ops) without a
 #: formula is reported as uncounted: nothing says what it computes.
 KNOWN_NAMESPACES = frozenset({"aten", "prims", "quantized", "profiler", "rngprims", "_c10d_functional", "c10d",
                               "torchvision"})  # torchvision: nms and RoI pooling; deform_conv2d is named as a conv
@@ -262,7 +265,7 @@ class OpInfo:
     formula: Callable[..., int] | None
     extra: Callable[..., int] | None   # the convention's elementwise cost
     allocates: bool
-    suspicious: bool                   # matmul-like by name, yet no formula
+    suspicious: bool                   # matmul-like (op_classes) or a custom op, yet no formula
     writes: tuple[Any, ...]            # argument positions (int) and names (str) the op writes
     undeclared: tuple[int, tuple[int, ...]] | None
     data_dependent: bool
@@ -301,7 +304,7 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
     undeclared = _UNDECLARED_WRITES.get(schema.name.split("::")[-1])
     unknown = func.namespace not in KNOWN_NAMESPACES  # a custom operator: what it computes is unknown
     return OpInfo(name=name, formula=formula, extra=extra, allocates=not aliases,
-                  suspicious=formula is None and (unknown or bool(MATMUL_LIKE.search(name))), writes=writes,
+                  suspicious=formula is None and (unknown or matmul_like(name)), writes=writes,
                   undeclared=undeclared,
                   data_dependent=torch.Tag.data_dependent_output in tags or torch.Tag.dynamic_output_shape in tags,
                   guarded=bool(writes or undeclared), counts=formula is not None or extra is not None,
@@ -349,9 +352,10 @@ class OpCounter(TorchDispatchMode):
 
     def __init__(self, stack: list[Frame], table: dict, convention: Convention, guard: WriteGuard | None = None,
                  track_memory: bool = True, infos: dict | None = None, meta: bool = False, count: bool = True,
-                 live: Live | None = None) -> None:
+                 live: Live | None = None, known: Known | None = None) -> None:
         super().__init__()
         self.meta = meta  # the run is on the meta device: fast meta kernels where there are some
+        self.known = known  # values known on meta (inspector.meta_values), mirrored on the CPU
         self.count = count  # False: only guard writes and run fast meta kernels (an uncounted warm-up)
         self.stack = stack
         self.table = table
@@ -366,6 +370,19 @@ class OpCounter(TorchDispatchMode):
         self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None)
+
+    def __enter__(self) -> OpCounter:
+        if self.known is not None:  # constants made from Python data on meta: their values known too
+            self._constants = meta_values.Constants(self.known)
+            self._constants.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.known is not None:
+                self._constants.__exit__(*exc)
 
     @contextmanager
     def routed(self, route: Route) -> Iterator[None]:
@@ -386,15 +403,25 @@ class OpCounter(TorchDispatchMode):
             self._before_write(info, args, kwargs)
         try:
             out = NotImplemented
-            if self.meta and info.fast is not None:
+            if self.known is not None:
+                out = self.known.dispatch(func, args, kwargs if kwargs else {})
+            if out is NotImplemented and self.meta and info.fast is not None:
                 out = meta_fast.run(info.fast, func, args, kwargs)
             if out is NotImplemented:
                 # the overload's C++ entry, as its Python __call__ would pick it (one frame less per op)
                 call = func._op if info.direct and func._pyobj_dispatcher is None else func
                 out = call(*args, **kwargs) if kwargs else call(*args)
         except Exception:
-            self.failed_op = info
-            raise
+            retried = NotImplemented
+            if self.known is not None:  # a CPU scalar a meta kernel refuses: once more with it on meta
+                try:
+                    retried = self.known.with_scalars_on_meta(func, args, kwargs)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    retried = NotImplemented
+            if retried is NotImplemented:
+                self.failed_op = info
+                raise
+            out = retried
         if not self.count:
             return out
         if self._route is not None:
@@ -530,6 +557,7 @@ class Collector:
         self.frames: list[Frame] = []
         self.stack: list[Frame] = []
         self._observers: list[Callable[[Frame, tuple, dict | None, Any], None]] = []  # see ``observing``
+        self._starting: list[Callable[[Frame, tuple], None]] = []  # see ``observing``
         #: live bytes, shared with the counter (``OpCounter(..., live=collector.live)``): each call's start and peak
         self.live = live if live is not None else Live()
         self._thread = threading.get_ident()
@@ -582,6 +610,9 @@ class Collector:
         live = self.live
         live.settle()
         frame.start_bytes = frame.peak_bytes = live.now
+        if self._starting:
+            for callback in self._starting:
+                callback(frame, args)
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names, or an RNN counted as its fused op."""
@@ -667,13 +698,20 @@ class Collector:
                 handle.remove()
 
     @contextmanager
-    def observing(self, callback: Callable[[Frame, tuple, dict | None, Any], None]) -> Iterator[None]:
-        """``callback(frame, args, kwargs, output)`` after every call that returns, in this block."""
+    def observing(self, callback: Callable[[Frame, tuple, dict | None, Any], None],
+                  starting: Callable[[Frame, tuple], None] | None = None) -> Iterator[None]:
+        """``callback(frame, args, kwargs, output)`` after every call that returns, and
+        ``starting(frame, args)`` as every call starts (its positional arguments: a global pre-hook
+        sees no keyword arguments), in this block."""
         self._observers.append(callback)
+        if starting is not None:
+            self._starting.append(starting)
         try:
             yield
         finally:
             self._observers.remove(callback)
+            if starting is not None:
+                self._starting.remove(starting)
 
     @contextmanager
     def redirected(self, route: Any) -> Iterator[None]:

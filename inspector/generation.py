@@ -12,8 +12,9 @@ and the cache's tensors as they are after the step.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect as pyinspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,8 @@ from torch import nn
 from inspector import build, experts
 from inspector.borrow import call
 from inspector.collect import Collection, Collector, OpCounter
-from inspector.errors import InputError, InspectorError
+from inspector.errors import InputError, InspectorError, MetaDeviceError
+from inspector.meta_values import Known
 from inspector.options import Options
 from inspector.report import Generation, Report, Run
 from inspector.tree import ModelTree
@@ -193,12 +195,23 @@ class WeightReads:
         return total
 
 
+@contextlib.contextmanager
+def _mirrored(known: Known | None, opts: Options) -> Iterator[None]:
+    """Tensors made here from known values (the steps' masks, positions and token) known on meta too."""
+    if known is None:
+        yield
+        return
+    with OpCounter([], opts.table, opts.convention, meta=True, count=False, known=known):
+        yield
+
+
 def _count(tree: ModelTree, state: dict, inputs: dict[str, Any], target: torch.device, opts: Options,
-           guard: Any, fail: Fail, phase: str) -> tuple[Any, Collection]:
-    """One counted forward with keyword ``inputs``: its output and what it ran."""
+           guard: Any, fail: Fail, phase: str, known: Known | None = None) -> tuple[Any, Collection]:
+    """One counted forward with keyword ``inputs``: its output and what it ran (``known``: the values
+    known on meta, shared by the prefill and the decode steps)."""
     collector = Collector(tree)
     counter = OpCounter(collector.stack, opts.table, opts.convention, guard=guard, meta=target.type == "meta",
-                        live=collector.live)
+                        live=collector.live, known=known)
     with collector.hooks(), torch.no_grad():
         try:
             with counter:
@@ -236,7 +249,7 @@ def _peak(opts: Options, target: torch.device, dtype: torch.dtype | None) -> tup
 
 
 def _decode(tree: ModelTree, plan: Plan, state: dict, cache: Any, encoded: Any, reads: WeightReads,
-            target: torch.device, opts: Options, guard: Any, fail: Fail
+            target: torch.device, opts: Options, guard: Any, fail: Fail, known: Known | None = None
             ) -> tuple[list[tuple[int, int, int]], Collection | None, dict[str, Any], dict[str, int], dict[str, str]]:
     """The decode steps: per step (MACs, weight bytes read, cache bytes after it), the last step's
     collection and inputs, and the ops any step could not count."""
@@ -246,8 +259,9 @@ def _decode(tree: ModelTree, plan: Plan, state: dict, cache: Any, encoded: Any, 
     uncounted: dict[str, int] = {}
     errors: dict[str, str] = {}
     for i in range(1, (opts.generate or 0) + 1):
-        inputs = plan.step(i, cache, encoded)
-        out, last = _count(tree, state, inputs, target, opts, guard, fail, f"decode step {i}")
+        with _mirrored(known, opts):
+            inputs = plan.step(i, cache, encoded)
+        out, last = _count(tree, state, inputs, target, opts, guard, fail, f"decode step {i}", known)
         returned = _field(out, *CACHE_ARGS)
         cache = cache if returned is None else returned
         steps.append((_macs(last), reads(last.frames), cache_bytes(cache)))
@@ -278,14 +292,23 @@ def _prefill_notes(plan: Plan, prefill_logits: int | None) -> list[str]:
 
 
 def generate(tree: ModelTree, run: Run, state: dict, args: tuple, kw: dict, target: torch.device, opts: Options,
-             guard: Any, fail: Fail) -> Report:
+             guard: Any, fail: Fail, kept: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+             routing: str = "balanced") -> Report:
     """The prefill's report (its layers) with a ``generation`` part: every decode step's MACs,
     reads and cache, and the last step as a report of its own. Runs inside the borrow. Ops a decode
-    step could not count are the report's too (it is then incomplete)."""
+    step could not count are the report's too (it is then incomplete). On meta, the values of the
+    inputs (``kept``) and of what follows from them are known, as for ``inspect``, and routing made
+    up there is checked by generating again with every token on the same experts."""
     model = tree.model
-    plan = Plan(model, _named(model, args, kw))
+    known = None
+    if target.type == "meta":
+        known = Known(routing)
+        for meta, value in kept:
+            known.add(meta, value)
+    with _mirrored(known, opts):
+        plan = Plan(model, _named(model, args, kw))
     reads = WeightReads(tree, build.sizer(opts.dtype))
-    out, prefill = _count(tree, state, plan.inputs, target, opts, guard, fail, "the prefill")
+    out, prefill = _count(tree, state, plan.inputs, target, opts, guard, fail, "the prefill", known)
     cache = _field(out, *CACHE_ARGS)
     if cache is None:
         raise InputError(f"{type(model).__name__} returned no KV cache with use_cache=True: it cannot decode "
@@ -300,7 +323,7 @@ def generate(tree: ModelTree, run: Run, state: dict, args: tuple, kw: dict, targ
     weight_bytes, prefill_cache = reads(prefill.frames), cache_bytes(cache)
     cross = cache_bytes(getattr(cache, "cross_attention_cache", None))
     steps, last, step_inputs, uncounted, errors = _decode(tree, plan, state, cache, encoded, reads, target, opts,
-                                                          guard, fail)
+                                                          guard, fail, known)
     gflops, gbytes, source, peak_notes = _peak(opts, target, opts.dtype)
     generation = Generation(
         batch=plan.batch, prompt_len=plan.prompt_len, new_tokens=opts.generate or 0,
@@ -312,8 +335,27 @@ def generate(tree: ModelTree, run: Run, state: dict, args: tuple, kw: dict, targ
         encoder_len=plan.inputs["input_ids"].shape[-1] if plan.encoder_decoder else None,
         decode_step=_step_report(tree, run, last, step_inputs, opts), peak_gflops=gflops, peak_gbytes_per_s=gbytes,
         peak_source=source, notes=tuple(_prefill_notes(plan, prefill_logits) + peak_notes))
+    if known is not None and known.made_up and routing == "balanced":
+        generation = replace(generation, notes=(*generation.notes, _routing_checked(
+            generation, generate(tree, run, state, args, kw, target, opts, guard, fail, kept, "skewed"),
+            known.decisions)))
     merged = dict(report.uncounted_ops)
     for op, calls in uncounted.items():
         merged[op] = merged.get(op, 0) + calls
     return replace(report, generation=generation, uncounted_ops=merged,
                    formula_errors={**errors, **report.formula_errors})
+
+
+def _routing_checked(balanced: Generation, other: Report, decisions: int) -> str:
+    """The note of a generation whose routing was made up on meta, checked against one generated
+    with every token on the same experts; a MetaDeviceError where the counts differ."""
+    def macs(g: Generation | None) -> tuple:
+        return (None, None) if g is None else (g.prefill_macs, g.decode_macs)
+
+    if macs(balanced) != macs(other.generation):
+        raise MetaDeviceError(
+            f"the model routes by values computed from the weights ({decisions} top-k/arg-max choice(s)), which the "
+            "meta device does not hold, and what generation costs depends on the routing: inspect on device='cpu' "
+            "(or cuda) instead")
+    return (f"{decisions} routing choice(s) made up on meta (every token meeting k experts evenly); the counts are "
+            "the same with every token on the same experts (generated again to check)")

@@ -176,36 +176,55 @@ def resolve(tree: ModelTree, inputs: Any, kwargs: Mapping[str, Any] | None, inpu
     return infer(tree, device, dtype)
 
 
-def model_device(tree: ModelTree) -> torch.device:
-    """Where the model's parameters and buffers are; an error if they are split across devices."""
+def model_device(tree: ModelTree, given: torch.device | None = None) -> tuple[torch.device, str | None]:
+    """Where the model's parameters and buffers are, and a note when a few are elsewhere: a model
+    built under ``torch.device("meta")`` keeps the tensors its code made on the CPU explicitly (a
+    random mask embedding, an index table); with 90% of its elements or more on meta it is counted
+    there. Split otherwise, it needs ``given`` (``device=``)."""
     devices = set(tree.devices)
-    if len(devices) > 1:
-        listed = ", ".join(sorted(str(d) for d in devices))
-        raise InputError(f"the model's tensors are on several devices ({listed}); pass device=... to "
-                         "inspect it on one")
-    return devices.pop() if devices else torch.device("cpu")
+    if len(devices) <= 1:
+        return (devices.pop() if devices else torch.device("cpu")), None
+    if torch.device("meta") in devices:
+        named = [*tree.parameters, *tree.buffers]
+        stray = [(name, t) for name, t in named if not t.is_meta]
+        stray_elements = sum(t.numel() for _, t in stray)
+        if stray_elements * 10 <= sum(t.numel() for _, t in named):
+            shown = ", ".join(name for name, _ in stray[:3]) + (", ..." if len(stray) > 3 else "")
+            where = ", ".join(sorted({str(t.device) for _, t in stray}))
+            return torch.device("meta"), (f"{len(stray)} tensor(s) of a model on meta are on {where} ({shown}: "
+                                          f"{stray_elements:,} elements): counted on meta with the rest")
+    if given is not None:
+        return given, None
+    listed = ", ".join(sorted(str(d) for d in devices))
+    raise InputError(f"the model's tensors are on several devices ({listed}); pass device=... to "
+                     "inspect it on one")
 
 
-def move(value: Any, device: torch.device, dtype: torch.dtype | None, moved: set[str]) -> Any:
+def move(value: Any, device: torch.device, dtype: torch.dtype | None, moved: set[str],
+         kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
     """``value`` with every tensor on ``device`` (floating ones cast to ``dtype``), containers rebuilt
-    (namedtuples and PackedSequence kept whole); the devices tensors came from are added to ``moved``."""
+    (namedtuples and PackedSequence kept whole); the devices tensors came from are added to ``moved``.
+    Tensors moved onto meta lose their values: ``kept`` gets (moved tensor, its value on the CPU)."""
     if isinstance(value, torch.Tensor):
         cast = dtype if dtype is not None and value.is_floating_point() else None
         if value.device != device:
             moved.add(str(value.device))
         if value.device == device and (cast is None or cast == value.dtype):
             return value
-        return value.to(device=device, dtype=cast)
+        out = value.to(device=device, dtype=cast)
+        if kept is not None and device.type == "meta" and not value.is_meta and value.layout == torch.strided:
+            kept.append((out, value.detach().to(device="cpu", dtype=cast)))
+        return out
     if isinstance(value, nn.utils.rnn.PackedSequence):  # .to() keeps batch_sizes on the CPU
         cast = dtype if dtype is not None and value.data.is_floating_point() else None
         if value.data.device != device:
             moved.add(str(value.data.device))
         return value.to(device=device, dtype=cast or value.data.dtype)
     if isinstance(value, dict):
-        out = {k: move(v, device, dtype, moved) for k, v in value.items()}
+        out = {k: move(v, device, dtype, moved, kept) for k, v in value.items()}
         return out if type(value) is dict else type(value)(out)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(move(v, device, dtype, moved) for v in value))
+        return type(value)(*(move(v, device, dtype, moved, kept) for v in value))
     if isinstance(value, (list, tuple)):
-        return type(value)(move(v, device, dtype, moved) for v in value)
+        return type(value)(move(v, device, dtype, moved, kept) for v in value)
     return value

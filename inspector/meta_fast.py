@@ -26,9 +26,16 @@ CHECK = False
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def fast(*names: str) -> Callable[[MetaFn], MetaFn]:
-    """Register a fast meta kernel for op overloads (``"aten.relu.default"``) or whole packets."""
+#: Kernels with no real meta twin to compare with (the real meta kernel refuses what the CPU computes).
+NO_TWIN: set[MetaFn] = set()
+
+
+def fast(*names: str, twin: bool = True) -> Callable[[MetaFn], MetaFn]:
+    """Register a fast meta kernel for op overloads (``"aten.relu.default"``) or whole packets;
+    ``twin=False`` where the real meta kernel refuses the case (``CHECK`` then has nothing to compare)."""
     def bind(fn: MetaFn) -> MetaFn:
+        if not twin:
+            NO_TWIN.add(fn)
         for name in names:
             try:
                 FAST[op_formulas.resolve_op(name)] = fn
@@ -233,6 +240,28 @@ def addmm(func: Any, bias: Any, a: Any, b: Any, *rest: Any, **_: Any) -> Any:
     return _empty((a.shape[0], b.shape[1]), (b.shape[1], 1), a.dtype)
 
 
+@fast("aten._grouped_mm.default", twin=False)
+def grouped_mm(func: Any, a: Any, b: Any, offs: Any = None, bias: Any = None, out_dtype: Any = None, **_: Any) -> Any:
+    """Mixture-of-experts matmuls in float32/float64. The real meta kernel insists on bfloat16 (the
+    CUDA kernel's rule) although the CPU computes float32, and on meta nothing is computed: the
+    output's shape and dtype are the CPU kernel's (contiguous). Half types go to the real kernel."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or bias is not None \
+            or a.dtype not in (torch.float32, torch.float64) or b.dtype != a.dtype or out_dtype not in (None, a.dtype):
+        return NotImplemented
+    groups = offs.shape[0] if isinstance(offs, torch.Tensor) else None
+    if a.dim() == 2 and b.dim() == 3 and groups == b.shape[0] and a.shape[1] == b.shape[1]:
+        shape = (a.shape[0], b.shape[2])  # offsets split a's rows among the experts
+    elif a.dim() == 3 and b.dim() == 3 and offs is None and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
+        shape = (a.shape[0], a.shape[1], b.shape[2])
+    elif a.dim() == 2 and b.dim() == 2 and groups is not None and a.shape[1] == b.shape[0]:
+        shape = (groups, a.shape[0], b.shape[1])  # offsets split k
+    elif a.dim() == 3 and b.dim() == 2 and groups == a.shape[0] and a.shape[2] == b.shape[0]:
+        shape = (a.shape[1], b.shape[1])  # offsets split b's columns
+    else:
+        return NotImplemented  # the real kernel says what is wrong
+    return _empty(shape, _contiguous_strides(shape), a.dtype)
+
+
 @fast("aten.cat.default")
 def cat(func: Any, tensors: Any, dim: int = 0, **_: Any) -> Any:
     """Contiguous, same-dtype, same-rank inputs: a contiguous output."""
@@ -296,7 +325,7 @@ def run(fn: MetaFn, func: Any, args: tuple, kwargs: dict | None) -> Any:
     if not isinstance(first, torch.Tensor) or first.device.type != "meta":
         return NotImplemented
     out = fn(func, *args, **kwargs) if kwargs else fn(func, *args)
-    if CHECK and out is not NotImplemented:
+    if CHECK and out is not NotImplemented and fn not in NO_TWIN:
         _compare(func, out, func(*args, **(kwargs or {})))
     return out
 

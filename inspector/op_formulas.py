@@ -9,7 +9,7 @@ Ops we register ourselves come first; any forward op that ``torch.utils.flop_cou
 we do not is adopted from there (its FLOPs halved into MACs). Backward ops have formulas of our own
 (convolution, attention, recurrent layers); the rest of backward is matmuls counted by the forward
 formulas. Ops with no formula count 0 MACs by convention (elementwise work, reductions, copies);
-those whose name looks matmul-like are reported as *uncounted* instead of being silently zero.
+the matmul-like ones (``inspector.op_classes``) are reported as *uncounted* instead of being silently zero.
 
 Your own operator (a ``torch.library`` custom op, or any aten op) gets a formula with
 ``@op_formula("mylib::myop")`` globally, or ``inspect(..., formulas={"mylib::myop": fn})`` for
@@ -18,7 +18,6 @@ one call.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,11 +31,6 @@ Shape = Sequence[int]
 OpFormula = Callable[..., int]
 
 OP_FORMULAS: Registry[Any, OpFormula] = Registry("op formula")
-
-#: Names that suggest matmul-like work; such an op without a formula is reported, never silently 0.
-MATMUL_LIKE = re.compile(r"conv|mm|matmul|linear|attention|rnn|lstm|gru|einsum|bilinear|\bdot\b|addmv|"
-                         r"addr\b|outer|tensordot|gemm|gemv", re.IGNORECASE)
-
 
 class Nested(tuple):
     """The shape of a nested tensor: one shape per component (sequences of different lengths)."""
@@ -109,7 +103,7 @@ def mm_macs(a: Shape, b: Shape, *_: Any, **__: Any) -> int:
     return a[0] * a[1] * b[1]
 
 
-@op_formula("aten.addmm", optional=True)
+@op_formula("aten.addmm", "aten.addmm_", optional=True)
 def addmm_macs(bias: Shape, a: Shape, b: Shape, *_: Any, **__: Any) -> int:
     return mm_macs(a, b)
 
@@ -120,7 +114,7 @@ def bmm_macs(a: Shape, b: Shape, *_: Any, **__: Any) -> int:
     return a[0] * a[1] * a[2] * b[2]
 
 
-@op_formula("aten.baddbmm", "aten.addbmm", optional=True)
+@op_formula("aten.baddbmm", "aten.addbmm", "aten.baddbmm_", "aten.addbmm_", optional=True)
 def baddbmm_macs(bias: Shape, a: Shape, b: Shape, *_: Any, **__: Any) -> int:
     return bmm_macs(a, b)
 
@@ -130,7 +124,7 @@ def mv_macs(a: Shape, v: Shape, *_: Any, **__: Any) -> int:
     return a[0] * a[1]
 
 
-@op_formula("aten.addmv", optional=True)
+@op_formula("aten.addmv", "aten.addmv_", optional=True)
 def addmv_macs(bias: Shape, a: Shape, v: Shape, *_: Any, **__: Any) -> int:
     return mv_macs(a, v)
 
@@ -145,7 +139,7 @@ def outer_macs(a: Shape, b: Shape, *_: Any, **__: Any) -> int:
     return a[0] * b[0]
 
 
-@op_formula("aten.addr", optional=True)
+@op_formula("aten.addr", "aten.addr_", optional=True)
 def addr_macs(bias: Shape, a: Shape, b: Shape, *_: Any, **__: Any) -> int:
     return outer_macs(a, b)
 
@@ -195,6 +189,12 @@ def direct_convolution_macs(x: Shape, w: Shape, *_: Any, out_shape: Any, **__: A
             optional=True)
 def transposed_convolution_macs(x: Shape, w: Shape, *_: Any, out_shape: Any, **__: Any) -> int:
     return conv_macs(x, w, out_shape, transposed=True)
+
+
+@op_formula("aten.conv_tbc", optional=True)
+def conv_tbc_macs(x: Shape, w: Shape, *_: Any, out_shape: Shape, **__: Any) -> int:
+    """Time-batch-channel convolution: x (T, B, C_in), w (K, C_in, C_out), out (T', B, C_out)."""
+    return _prod(out_shape) * w[0] * w[1]
 
 
 @op_formula("aten.convolution_backward", optional=True)
@@ -346,6 +346,44 @@ def trilinear_macs(i1: Shape, i2: Shape, i3: Shape, expand1: Sequence[int], expa
         return full
     grids = [expanded(i1, expand1), expanded(i2, expand2), expanded(i3, expand3)]
     return _prod(max(sizes) for sizes in zip(*grids))
+
+
+@op_formula("aten._euclidean_dist", "aten._cdist_forward", optional=True)
+def cdist_macs(x1: Shape, x2: Shape, *_: Any, **__: Any) -> int:
+    """Distances between every row of x1 (..., P, M) and every row of x2 (..., R, M): one MAC per
+    pair and feature, ...*P*R*M."""
+    return _prod(x1[:-1]) * x2[-2] * x1[-1]
+
+
+@op_formula("aten._cdist_backward", optional=True)
+def cdist_backward_macs(grad: Shape, x1: Shape, x2: Shape, *_: Any, **__: Any) -> int:
+    """The gradient of x1 (x2's is another call with the two swapped): the forward's P*R*M."""
+    return cdist_macs(x1, x2)
+
+
+@op_formula("aten._pdist_forward", optional=True)
+def pdist_macs(x: Shape, *_: Any, **__: Any) -> int:
+    """Distances between the N rows of x (N, M), each pair once: N*(N-1)/2*M."""
+    return x[0] * (x[0] - 1) // 2 * x[1]
+
+
+@op_formula("aten._pdist_backward", optional=True)
+def pdist_backward_macs(grad: Shape, x: Shape, *_: Any, **__: Any) -> int:
+    return pdist_macs(x)
+
+
+@op_formula("aten.linalg_solve_triangular", optional=True)
+def solve_triangular_macs(a: Shape, b: Shape, *_: Any, out_shape: Shape, **__: Any) -> int:
+    """A triangular system A X = B (or X A = B), A (..., n, n): forward or back substitution takes one
+    multiply-accumulate per entry of the triangle, n(n+1)/2, for each of X's k columns (rows)."""
+    n = a[-1]
+    return _prod(out_shape) // n * (n * (n + 1) // 2)
+
+
+@op_formula("aten.triangular_solve", optional=True)
+def triangular_solve_macs(b: Shape, a: Shape, *_: Any, **__: Any) -> int:
+    n = a[-1]
+    return _prod(b) // n * (n * (n + 1) // 2)
 
 
 @op_formula("aten.upsample_linear1d", "aten.upsample_bilinear2d", "aten._upsample_bilinear2d_aa",

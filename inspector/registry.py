@@ -57,6 +57,10 @@ class Registry(Generic[K, F]):
         self._by_type[cls] = found
         return found
 
+    def lookup_key(self, cls: type) -> K | None:
+        """The key ``lookup_type`` finds for ``cls``: ``cls`` itself or its nearest registered base."""
+        return next((b for b in cls.__mro__ if b in self._table), None)  # type: ignore[return-value]
+
     def __contains__(self, key: object) -> bool:
         return key in self._table
 

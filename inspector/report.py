@@ -15,7 +15,7 @@ from typing import Any
 
 from inspector import output
 from inspector.figures import Figure, all_figures, fold, lookup
-from inspector.op_formulas import MATMUL_LIKE
+from inspector.op_classes import matmul_like
 from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
 from inspector.rows import ByType, Row, ranked_figure, rows, top_rows
 from inspector.units import human, size
@@ -417,7 +417,7 @@ class Report:
         if not self.ran:
             problems.append(Uncounted("(the forward)", 0, "not run: no input was given or could be inferred"))
         for op, calls in self.uncounted_ops.items():
-            reason = "matmul-like op with no formula" if MATMUL_LIKE.search(op) else \
+            reason = "matmul-like op with no formula" if matmul_like(op) else \
                 "custom operator with no formula (its work is unknown; give it one with op_formula)"
             problems.append(Uncounted(op, calls, reason))
         for op, error in self.formula_errors.items():

@@ -85,6 +85,8 @@ class BackwardTracker:
         self.recomputed: dict[int, int] = {}  # id(module) -> calls recomputed so far
         self.by_module: dict[int, list[Frame]] = {}
         self.open: list[tuple[Frame, bool]] = []  # recomputed calls in progress: (frame, pushed)
+        #: frame index -> (hook handle, its end, id -> version of each input) of calls in progress
+        self.starts: dict[int, tuple[Any, _End, dict[int, int]]] = {}
 
     def frame(self) -> Frame | None:
         """The innermost call whose backward is running (None: outside every call)."""
@@ -94,16 +96,41 @@ class BackwardTracker:
         return frame is not None and frame.index in self.recomputed_now
 
     # forward: register the gradient hooks of each call
+    def before_call(self, frame: Frame, args: tuple) -> None:
+        """As a call starts: the hook that ends its backward goes on its positional inputs now, before
+        its forward can modify them in place (a hook follows the version of the tensor it was put on:
+        the gradient of what the call received, not of what it left there). Their versions are kept
+        to tell a pass-through (the input handed back untouched) from an in-place op."""
+        ins = [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad] if args else []
+        if not ins:
+            return
+        end = _End(self, frame)
+        handle = torch.autograd.graph.register_multi_grad_hook(ins, end, mode="all")
+        self.starts[frame.index] = (handle, end, {id(t): t._version for t in ins})
+
     def after_call(self, frame: Frame, args: tuple, kwargs: dict | None, output: Any) -> None:
+        """As a call returns: its backward starts when the gradient of any output arrives. An output
+        that is one of its inputs, unmodified (``nn.Identity``, ``Dropout`` in eval), is no work of
+        this call's: it gets no hook, and a call all of whose outputs are such does no backward."""
         self.by_module.setdefault(id(frame.module), []).append(frame)
-        outs = [t for t in tensor_leaves(output) if t.requires_grad]
+        handle, end, versions = self.starts.pop(frame.index, (None, None, {}))
+        received = [t for t in tensor_leaves((args, kwargs or {})) if t.requires_grad]
+        passed = {id(t) for t in received if versions.get(id(t), t._version) == t._version}
+        outs = [t for t in tensor_leaves(output) if t.requires_grad and id(t) not in passed]
         if not outs:
+            if handle is not None:
+                handle.remove()
             return
         graph = torch.autograd.graph
         self.handles.append(graph.register_multi_grad_hook(outs, lambda _grad, f=frame: self._push(f), mode="any"))
-        ins = [t for t in tensor_leaves((args, kwargs or {})) if t.requires_grad]
-        if ins:
-            self.handles.append(graph.register_multi_grad_hook(ins, lambda _grads, f=frame: self._pop(f), mode="all"))
+        late = [t for t in received if id(t) not in versions]  # keyword inputs: seen only now
+        if handle is not None:
+            self.handles.append(handle)
+        if late:
+            if end is None:
+                end = _End(self, frame)
+            end.waiting += 1
+            self.handles.append(graph.register_multi_grad_hook(late, end, mode="all"))
 
     def _ancestor(self, frame: Frame, of: Frame) -> bool:
         frames = self.collector.frames
@@ -116,6 +143,7 @@ class BackwardTracker:
     def _push(self, frame: Frame) -> None:
         """Open ``frame``'s backward. Calls sharing one output (a model returning its last layer's
         output) open together: each goes below its descendants, so the innermost stays on top."""
+        frame.grad_output = True
         stack = self.stack
         while stack and stack[-1] is not frame and not self._ancestor(stack[-1], frame) \
                 and not self._ancestor(frame, stack[-1]):
@@ -155,9 +183,27 @@ class BackwardTracker:
             self._pop(frame)
 
     def remove(self) -> None:
-        for handle in self.handles:
+        for handle in [*self.handles, *(start[0] for start in self.starts.values())]:
             handle.remove()
         self.handles.clear()
+        self.starts.clear()
+
+
+class _End:
+    """Ends a call's backward once the gradients of every group of its inputs are done (positional
+    inputs hooked as the call started, keyword inputs as it returned)."""
+
+    def __init__(self, tracker: BackwardTracker, frame: Frame) -> None:
+        self.tracker = tracker
+        self.frame = frame
+        self.waiting = 1
+        self.done = 0
+
+    def __call__(self, _grads: Any) -> None:
+        self.done += 1
+        if self.done >= self.waiting:
+            self.done = 0  # a second backward through the same graph starts over
+            self.tracker._pop(self.frame)
 
 
 class SavedActivations:
@@ -243,7 +289,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
 
     if optimizer is not None:  # warm-up, uncounted: the optimizer state every later step starts with
         guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False,
-                               meta=counter.meta, count=False)
+                               meta=counter.meta, count=False, known=counter.known)
         try:
             with guard_only:
                 _, loss = step()
@@ -263,7 +309,7 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
     try:
         with collector.hooks(), counter:
             try:
-                with collector.observing(tracker.after_call), \
+                with collector.observing(tracker.after_call, tracker.before_call), \
                         torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
                     output, loss = step(counter)
             except InspectorError:

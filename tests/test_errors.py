@@ -119,13 +119,23 @@ class Branches(nn.Module):
 
 
 class NonZero(nn.Module):
+    """Positions of values computed from the weights (an input's own values are known on meta)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
     def forward(self, x):
-        return x.nonzero()
+        return self.fc(x).nonzero()
 
 
 class Item(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
     def forward(self, x):
-        return x * x.max().item()
+        return x * self.fc(x).max().item()
 
 
 @pytest.mark.parametrize("model,op", [(Branches(), "aten._local_scalar_dense"), (NonZero(), "aten.nonzero"),

@@ -81,6 +81,25 @@ def test_gpt2_kv_cache_and_what_a_decode_step_reads(gpt2_runs):
     assert g.prefill_weight_bytes == 4 * (params - POSITIONS * D + P * D) == 428_032  # P rows of positions
 
 
+def test_a_masked_prompt_generates_on_meta_as_on_the_cpu():
+    """transformers' mask utilities read the mask's values (``.all()``); on meta they are known from
+    the given mask, and each decode step's longer mask from it."""
+    model, prompt = gpt2(), ids()
+    mask = torch.ones_like(prompt)
+    runs = {device: inspect(model, {"input_ids": prompt, "attention_mask": mask}, generate=N, device=device)
+            for device in ("cpu", "meta")}
+    assert figures(runs["cpu"].generation) == figures(runs["meta"].generation)
+    assert runs["meta"].generation.decode_macs == tuple(sorted(set(runs["meta"].generation.decode_macs)))
+
+
+def test_an_eager_expert_loop_generates_on_meta_with_its_routing_checked():
+    model, prompt = mixtral("eager"), ids(1, 8, 128)
+    cpu = inspect(model, {"input_ids": prompt}, generate=2, device="cpu")
+    meta = inspect(model, {"input_ids": prompt}, generate=2, device="meta")
+    assert figures(meta.generation)[:5] == figures(cpu.generation)[:5]
+    assert any("routing choice(s) made up on meta" in n and "generated again" in n for n in meta.generation.notes)
+
+
 def test_gpt2_counts_identical_on_cpu_and_meta(gpt2_runs):
     _, runs = gpt2_runs
     assert figures(runs["cpu"].generation) == figures(runs["meta"].generation)
@@ -201,8 +220,10 @@ TOTAL = 128 * 64 + 2 * (2 * 4096 + 2 * 2048 + 256 + 4 * EXPERT + 128) + 64 + 128
 
 
 @pytest.mark.parametrize("implementation,device,dtype", [
-    ("eager", "cpu", None),             # a loop over the experts hit (needs values: CPU)
-    ("grouped_mm", "meta", "bfloat16"),  # torch._grouped_mm (its meta kernel wants bfloat16: see the README)
+    ("eager", "cpu", None),             # a loop over the experts hit
+    ("eager", "meta", None),            # the same, its routing made up evenly on meta (and checked)
+    ("grouped_mm", "meta", "bfloat16"),  # torch._grouped_mm
+    ("grouped_mm", "meta", None),       # float32 on meta, which torch's own meta kernel refuses
     ("batched_mm", "meta", None),       # bmm over gathered expert weights
 ])
 def test_mixtral_active_parameters(implementation, device, dtype):
