@@ -5,6 +5,12 @@ from __future__ import annotations
 import re
 
 
+#: What a model's own code may raise that is its failure, to be reported in one line: any exception,
+#: and ``SystemExit`` (a forward calling ``sys.exit``). ``KeyboardInterrupt`` is an interruption: it
+#: passes through.
+MODEL_FAILURES = (Exception, SystemExit)
+
+
 class InspectorError(Exception):
     """Base class of every error this package raises on purpose."""
 

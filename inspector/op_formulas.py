@@ -348,6 +348,20 @@ def trilinear_macs(i1: Shape, i2: Shape, i3: Shape, expand1: Sequence[int], expa
     return _prod(max(sizes) for sizes in zip(*grids))
 
 
+@op_formula("aten._euclidean_dist", "aten._cdist_forward", optional=True)
+def cdist_macs(x1: Shape, x2: Shape, *_: Any, out_shape: Shape, **__: Any) -> int:
+    """torch.cdist of (..., P, M) against (..., R, M): one MAC per coordinate of every pair, the
+    (..., P, R) distances times M (the matmul of the Euclidean path; the difference raised to p and
+    summed on the direct one). The squared norms it adds are elementwise work."""
+    return _prod(out_shape) * x1[-1]
+
+
+@op_formula("aten._cdist_backward", optional=True)
+def cdist_backward_macs(grad: Shape, x1: Shape, x2: Shape, p: Any, cdist: Shape, *_: Any, **__: Any) -> int:
+    """The direct path's gradient of x1: every pair's difference weighted into it, once per coordinate."""
+    return _prod(cdist) * x1[-1]
+
+
 @op_formula("aten.upsample_linear1d", "aten.upsample_bilinear2d", "aten._upsample_bilinear2d_aa",
             "aten.upsample_bicubic2d", "aten._upsample_bicubic2d_aa", "aten.upsample_trilinear3d",
             "aten.upsample_nearest1d", "aten.upsample_nearest2d", "aten.upsample_nearest3d",
