@@ -24,7 +24,8 @@ from inspector import build
 from inspector import inputs as inputs_mod
 from inspector import lazy as lazy_mod
 from inspector.borrow import Borrow, call, settle, substitute_state
-from inspector.collect import Collection, Collector, Frame, OpCounter, raising_module, tensor_leaves
+from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
+from inspector.culprit import raising_module
 from inspector.errors import (MODEL_FAILURES, InputError, InspectorError, NotAModuleError,
                               UnsupportedModelError)
 from inspector.failures import failure, forget_frames
@@ -238,7 +239,7 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
         else:
             collection = _forward(model, state, args, kw, collector, counter, target)
         if opts.timing:
-            borrow.keep_values()  # the timed passes run without the copy-on-write
+            borrow.keep_values([*tree.param_tensors, *tree.buffer_tensors])  # timed passes: no copy-on-write
             times, timing = _timed(tree, args, kw, collection.frames, target, opts)
         return build.report(tree, run, collection, opts.dtype, training, timing, times)
 

@@ -238,20 +238,20 @@ class Borrow:
             t.set_(storage.clone(), t.storage_offset(), t.size(), t.stride())
         return True
 
-    def keep_values(self) -> None:
-        """Save now every model storage that a pass without the copy-on-write may write (timed passes
-        run on copies of the parameters and buffers; tensor attributes, tensors in containers and
-        gradients are the model's own)."""
-        for storage in self._owned.values():
-            ptr = storage.data_ptr()
-            if ptr not in self.saved:
-                self.saved[ptr] = (storage, storage.clone())
+    def keep_values(self, substituted: list[torch.Tensor]) -> None:
+        """Save now the storage of every model tensor a pass without the copy-on-write may write:
+        all but the ``substituted`` ones (timed passes run on copies of the parameters and buffers;
+        tensor attributes, tensors in containers and gradients are the model's own)."""
+        skipped = set(map(id, substituted))
+        for t in self.tensors.tensors:
+            if id(t) not in skipped and not t.is_meta:
+                self.guard(t)
 
     # --- snapshot and restore ----------------------------------------------------------------------
 
     def __enter__(self) -> Borrow:
-        self._locked = LOCK.acquire()
-        try:
+        try:  # the lock is taken inside: an interruption anywhere from here gives it back
+            self._locked = LOCK.acquire()
             _OUTSTANDING.append(self)
             self._snapshot()
             self.process.guard_raw_views(self.guard)

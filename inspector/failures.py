@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from inspector.collect import Collector, Frame, OpCounter, OpInfo, raising_module
+from inspector.collect import Collector, Frame, OpCounter, OpInfo
+from inspector.culprit import raising_module
 from inspector.errors import InspectorError, LayerError, MetaDeviceError, first_line, with_hint
 from inspector.op_formulas import Nested
 

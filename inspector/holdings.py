@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict, deque
-from itertools import chain, compress, repeat
+from itertools import chain, compress, filterfalse, repeat
 from typing import Any
 
 import torch
@@ -61,8 +61,8 @@ class Containers:
     ``__dict__``), walked level by level with C-level filters, and the tensors found in them."""
 
     def __init__(self, owners: list[dict]) -> None:
-        dicts, seqs, sets, tensors = list(owners), [], [], []
-        values = list(chain.from_iterable(map(dict.values, owners)))
+        dicts, empty, seqs, sets, tensors = list(filter(None, owners)), list(filterfalse(None, owners)), [], [], []
+        values = list(chain.from_iterable(map(_VALUES, dicts)))
         for _ in range(MAX_DEPTH):
             types = list(map(type, values))
             kinds: dict[str, set[type]] = {}
@@ -79,17 +79,19 @@ class Containers:
 
             tensors += of("tensor")
             found_dicts, found_seqs, found_sets, tuples = of("dict"), of("seq"), of("set"), of("tuple")
-            dicts += found_dicts
+            full = list(filter(None, found_dicts))  # most are empty hook dicts: walked no further
+            empty += filterfalse(None, found_dicts)
+            dicts += full
             seqs += found_seqs
             sets += found_sets
-            values = list(chain(chain.from_iterable(map(_VALUES, found_dicts)), chain.from_iterable(found_seqs),
+            values = list(chain(chain.from_iterable(map(_VALUES, full)), chain.from_iterable(found_seqs),
                                 chain.from_iterable(found_sets), chain.from_iterable(tuples)))
         self.tensors: list[torch.Tensor] = tensors
-        self.dicts = list(filter(None, dicts))
-        self.empty = list(filterfalse_empty(dicts))  # hook dicts, mostly: they must stay empty
-        self.sizes = list(map(len, self.dicts))
-        self.keys = list(chain.from_iterable(map(_KEYS, self.dicts)))
-        self.values = list(chain.from_iterable(map(_VALUES, self.dicts)))
+        self.dicts = dicts
+        self.empty = empty  # hook dicts, mostly: they must stay empty
+        self.sizes = list(map(len, dicts))
+        self.keys = list(chain.from_iterable(map(_KEYS, dicts)))
+        self.values = list(chain.from_iterable(map(_VALUES, dicts)))
         self.seqs = seqs
         self.seq_items = list(map(list, seqs))
         self.flat_seq_items = list(chain.from_iterable(self.seq_items))
@@ -128,10 +130,6 @@ class Containers:
             if frozenset(map(id, s)) != ids:
                 set.clear(s)
                 set.update(s, items)
-
-
-def filterfalse_empty(dicts: list[dict]) -> list[dict]:
-    return [d for d in dicts if not d]
 
 
 def _put_back(current: dict, keys: list, values: list) -> None:

@@ -115,8 +115,10 @@ class RegistersHooks(nn.Module):
         self.register_full_backward_hook(lambda *a: None)
         self.fc.register_forward_hook(lambda *a: None)
         self._non_persistent_buffers_set.add("steps")
-        if self.fc.weight.requires_grad:
-            self.fc.weight.register_hook(lambda grad: grad * 0)  # would zero every later gradient
+        self.fc.weight.tag = "seen"  # an attribute on the tensor itself
+        if self.fc.weight.requires_grad:  # hooks that would zero every later gradient
+            self.fc.weight.register_hook(lambda grad: grad * 0)  # beside a hook of the user's
+            self.fc.bias.register_hook(lambda grad: grad * 0)  # its first
             self.fc.bias.register_post_accumulate_grad_hook(_zero_grad)
         return self.fc(x)
 
@@ -124,6 +126,8 @@ class RegistersHooks(nn.Module):
 @pytest.mark.parametrize("options", [{}, {"backward": True}], ids=["forward", "backward"])
 def test_hooks_the_forward_registers_are_all_removed(options):
     model = RegistersHooks()
+    seen = []
+    model.fc.weight.register_hook(lambda grad: seen.append(grad.shape))  # the user's own, kept
     before = snapshot(model)
     inspect(model, torch.randn(2, 4), **options)
     assert_untouched(model, before)
@@ -132,6 +136,7 @@ def test_hooks_the_forward_registers_are_all_removed(options):
     # d(sum(W x + b))/dW = 2 rows of ones summed: every entry 2; d/db = 2 (two samples)
     assert torch.equal(model.fc.weight.grad, torch.full((4, 4), 2.0))
     assert torch.equal(model.fc.bias.grad, torch.full((4,), 2.0))
+    assert seen[-1] == (4, 4) and not hasattr(model.fc.weight, "tag")
 
 
 class Containers(nn.Module):
@@ -267,6 +272,13 @@ def test_train_mode_inside_inference_mode_keeps_the_batchnorm_statistics():
     assert_untouched(model, before)
     assert report.total_macs == outside.total_macs == 2 * 4 * 6 * 6 * 27 and report.complete
     assert trained.total_backward_macs == inspect(model, torch.randn(2, 3, 8, 8), backward=True).total_backward_macs
+    with torch.inference_mode():  # built there: its statistics are inference tensors, written in inference mode
+        built_inside = _bn_model().eval()
+    before = snapshot(built_inside)
+    with torch.inference_mode():
+        inside = inspect(built_inside, torch.randn(2, 3, 8, 8), mode="train")
+    assert_untouched(built_inside, before)
+    assert not inside.complete  # counted as it runs there: aten.conv2d whole, said uncounted
 
 
 def test_a_torchscript_submodule_keeps_its_batchnorm_statistics():
@@ -355,6 +367,41 @@ def test_interrupted_at_random_points_the_model_comes_back():
         assert_untouched(model, before)
         assert not LOCK._is_owned()
     assert inspect(model, x).total_macs == 2 * 4 * 6 * 6 * 27 + 2 * 144 * 2
+
+
+BORROW_FILES = tuple(os.path.join(ROOT, "inspector", f) for f in ("borrow.py", "holdings.py"))
+
+
+@pytest.mark.parametrize("where", ["__exit__", "give_back", "_restore", "_restore_flags", "_restore_storages",
+                                   "restore", "_restore_one", "_put_back", "settle", "__enter__", "_snapshot"])
+def test_interrupted_while_lending_or_giving_back_the_model_comes_back(where):
+    """Ctrl-C at each of the first lines of every step of lending and giving back (where a random
+    point rarely lands): the model comes back all the same."""
+    model = Busy().eval()
+    x = torch.randn(2, 3, 8, 8)
+    before = snapshot(model)
+    for line in range(1, 6):
+        hits = [0]
+
+        def local(frame, event, arg):
+            if event == "line" and frame.f_code.co_name == where and frame.f_code.co_filename in BORROW_FILES:
+                hits[0] += 1
+                if hits[0] == line:
+                    raise KeyboardInterrupt
+            return local
+
+        sys.settrace(lambda frame, event, arg: local)
+        try:
+            inspect(model, x, mode="train")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+            gc.enable()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert hits[0] >= min(line, 1), f"{where} never ran"
+        assert_untouched(model, before)
+        assert not LOCK._is_owned()
 
 
 # --- no count silently wrong -------------------------------------------------------------------------
