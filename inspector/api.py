@@ -191,6 +191,11 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     run = Run(model=opts.name or type(model).__name__, device=str(target), dtype=dtype_name, mode=opts.mode,
               flops=opts.convention.name, notes=tuple(notes), backward=opts.backward)
     if ins.args is None:
+        lazy = lazy_mod.uninitialized(tree)
+        if lazy:
+            raise InputError(f"{type(model).__name__} has lazy modules ({type(lazy[0]).__name__}...) whose parameters "
+                             "are made by their first forward: give an input (inputs=... or input_size=...) to count "
+                             "them")
         return build.params_only(tree, run)
     given = tensor_leaves((ins.args, ins.kwargs))
     if opts.device is None and any(t.device.type == "meta" for t in given) and model_at.type != "meta":

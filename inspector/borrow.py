@@ -29,7 +29,7 @@ inside it (SIGINT is held meanwhile and raised after); a borrow an interruption 
 What cannot be given back here: writes through raw pointers (``data_ptr()`` with ctypes), and the
 inside of objects other than modules and plain containers. Inspection is serialised process-wide
 (``LOCK``): two threads inspecting get one after the other. A thread running the model *outside*
-``inspect`` meanwhile is not stopped.
+``inspect`` meanwhile is not stopped (its calls are not counted, and said so: inspector.threads).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ import operator
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ LOCK = threading.RLock()
 _OUTSTANDING: list[Borrow] = []
 #: Tensor methods that hand out the tensor's memory outside the dispatcher.
 _RAW_VIEWS = ("numpy", "__dlpack__")
+#: Methods a pass patches while it runs (inspector.threads), put back if an interruption kept it from it.
+_PATCHED = ((ThreadPoolExecutor, "submit"), (threading.Thread, "start"))
 
 
 def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None,
@@ -154,7 +157,8 @@ class ProcessState:
         self.modes = len(dispatch._get_current_dispatch_mode_stack())
         self.mode_flags = (dispatch._is_in_torch_dispatch_mode, dispatch._is_in_non_infra_torch_dispatch_mode,
                            dispatch._is_in_any_mode_without_ignore_compile_internals)
-        self.methods = {name: torch.Tensor.__dict__.get(name) for name in _RAW_VIEWS}
+        self.methods = {(owner, name): owner.__dict__.get(name)
+                        for owner, name in (*((torch.Tensor, n) for n in _RAW_VIEWS), *_PATCHED)}
 
     def guard_raw_views(self, guard: Any) -> None:
         """Until ``restore``, ``Tensor.numpy()`` and ``__dlpack__`` hand ``guard`` the tensor first."""
@@ -162,12 +166,12 @@ class ProcessState:
             setattr(torch.Tensor, name, _guarded(getattr(torch.Tensor, name), guard))
 
     def restore(self) -> None:
-        for name, method in self.methods.items():
-            if torch.Tensor.__dict__.get(name) is not method:
+        for (owner, name), method in self.methods.items():
+            if owner.__dict__.get(name) is not method:
                 if method is None:
-                    delattr(torch.Tensor, name)
+                    delattr(owner, name)
                 else:
-                    setattr(torch.Tensor, name, method)
+                    setattr(owner, name, method)
         for name, saved in self.hooks.items():
             put_back(getattr(module_mod, name), saved)
         cache, enabled = self.cache

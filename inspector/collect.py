@@ -34,6 +34,7 @@ from inspector import meta_fast, op_formulas, threads
 from inspector.culprit import raising_module
 from inspector.conventions import Convention
 from inspector.op_formulas import MATMUL_LIKE, Nested
+from inspector.report import OTHER_THREADS
 from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
@@ -406,6 +407,12 @@ class OpCounter(TorchDispatchMode):
         #: then counted under it, on this thread too.
         self.lock: threading.Lock | None = None
 
+    def quiet(self) -> None:
+        """Count and guard nothing more (a twin left on a thread that outlives the pass)."""
+        self.count = False
+        self.guard = None
+        self.track_memory = False
+
     def for_thread(self, stack: list[Frame]) -> OpCounter:
         """A twin counting another thread's ops into the same frames, tables and memory timeline,
         charged to the innermost call on ``stack`` (that thread's own)."""
@@ -618,6 +625,8 @@ class Collector:
         self.thread_contexts: list[Callable[[], Any]] = []
         self.counter: OpCounter | None = None  # the counter whose twins run on other threads
         self._lock = threading.Lock()
+        #: calls of the model's modules on threads not doing the forward's work (not counted)
+        self.foreign_calls = 0
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self._redirect: Any = None  # see ``redirected``
         self.grads = grads  # record whether inputs require grad (a training step)
@@ -732,10 +741,10 @@ class Collector:
         if self._redirect is not None:
             return  # backward on autograd's threads: their ops reach the counter through autograd
         calls = self.threads.get(_get_ident())
-        if calls is None:
-            calls = threads.enter(self, self.stack[-1] if self.stack else None, adopted=True)
-            if calls is None:
-                return
+        if calls is None:  # a thread the forward did not hand work to: not counted, and said so
+            with self._lock:
+                self.foreign_calls += 1
+            return
         stack = calls.stack
         if id(module) in self.shared:
             name = self._name(module, name, stack)
@@ -755,8 +764,6 @@ class Collector:
             return
         with self._lock:
             self._close(frame, args, kwargs, output)
-        if calls.adopted and len(calls.stack) == calls.floor:
-            threads.leave(self, calls)
 
     def _below(self, frame: Frame, ancestor: Frame) -> bool:
         while frame.parent is not None:
@@ -792,7 +799,7 @@ class Collector:
         try:
             for module in self.tree.with_pre_hooks:
                 handles.append(module.register_forward_pre_hook(self._forward_starts))
-            with threads.pool_tasks_carried(self):
+            with threads.work_carried(self):
                 yield
         finally:
             for handle in handles:
@@ -839,6 +846,9 @@ class Collector:
     def collection(self, counter: OpCounter, peak_bytes: int | None = None) -> Collection:
         """The frozen result; ``peak_bytes`` (default: the counter's live peak) for a step that went on
         after the forward (training reports the forward's own peak here)."""
+        uncounted = dict(counter.uncounted)
+        if self.foreign_calls:
+            uncounted[OTHER_THREADS] = self.foreign_calls
         return Collection(frames=tuple(self.frames), outside=counter.outside,
                           peak_bytes=counter.live.peak if peak_bytes is None else peak_bytes,
-                          uncounted=dict(counter.uncounted), formula_errors=dict(counter.formula_errors))
+                          uncounted=uncounted, formula_errors=dict(counter.formula_errors))

@@ -1,3 +1,4 @@
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -86,7 +87,7 @@ def _process() -> dict:
     return {"globals": {n: dict(v) for n, v in vars(module_mod).items() if n.startswith("_global_") and isinstance(v, dict)},
             "parametrize": (dict(parametrize._cache), parametrize._cache_enabled),
             "patched": tuple(torch.Tensor.__dict__.get(n) for n in ("numpy", "__dlpack__"))
-            + (ThreadPoolExecutor.__dict__["submit"],),
+            + (ThreadPoolExecutor.__dict__["submit"], threading.Thread.__dict__["start"]),
             "grad": torch.is_grad_enabled(), "modes": len(_get_current_dispatch_mode_stack())}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -436,18 +437,40 @@ class PoolMatmuls(nn.Module):
 
 
 class ThreadStarted(nn.Module):
-    """A branch run on a thread the forward starts itself."""
+    """A branch, and a bare matmul, run on a thread the forward starts itself."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(16, 16)
+        self.w = nn.Parameter(torch.randn(16, 16))
 
     def forward(self, x):
         out = {}
-        worker = threading.Thread(target=lambda: out.update(y=self.a(x)))
+        worker = threading.Thread(target=lambda: out.update(y=self.a(x), z=x @ self.w))
         worker.start()
         worker.join()
-        return out["y"] + x
+        return out["y"] + out["z"]
+
+
+class FedThroughAQueue(nn.Module):
+    """Hands its input to a worker thread that existed before the forward (a serving loop): what
+    it runs there cannot be told from another user of the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.requests: queue.Queue = queue.Queue()
+        self.replies: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            x = self.requests.get()
+            self.replies.put(self.a(x))
+
+    def forward(self, x):
+        self.requests.put(x)
+        return self.replies.get()
 
 
 @pytest.mark.parametrize("options", [{}, {"backward": True}], ids=["forward", "backward"])
@@ -460,12 +483,21 @@ def test_work_on_other_threads_is_counted_where_it_belongs(options):
     matmuls = inspect(PoolMatmuls(), x, **options)
     assert matmuls.layer("").macs == matmuls.total_macs == 2 * (2 * 16 * 8)  # two (2, 16) @ (16, 8)
     started = inspect(ThreadStarted(), x, **options)
-    assert started.layer("a").macs == started.total_macs == 4 * 16 * 16 and not started.crosscheck()
+    assert started.layer("a").macs == 4 * 16 * 16 and not started.crosscheck()
+    assert started.layer("").macs == 4 * 16 * 16 and started.total_macs == 2 * 4 * 16 * 16  # the bare matmul too
     if options:  # the weights' gradients, computed in the training step's backward: 16 x 16 x 4 each
         assert branches.total_backward_macs == 2 * 16 * 16 * 4
         # each ReLU's output (4 x 16 float32) is saved for its backward, as without threads
         assert branches.training.memory.activations == 2 * 4 * 16 * 4
         assert branches.training == inspect(PoolBranches(threaded=False), x, **options).training
+
+
+def test_model_calls_on_threads_the_forward_did_not_start_are_said():
+    model = FedThroughAQueue()
+    report = inspect(model, torch.randn(4, 16))
+    assert not report.complete and report.total_macs == 0
+    assert [(u.op, u.calls) for u in report.crosscheck()] == [("(calls on other threads)", 1)]
+    assert "did not start" in report.crosscheck()[0].reason
 
 
 def test_cdist_macs_by_hand():
@@ -558,6 +590,9 @@ def test_lazy_modules_count_on_every_device_and_dtype(make, options):
     assert_untouched(model, before)
     if "backward" in options:  # weight gradient 4 x 3 x 2; the input needs none
         assert report.total_backward_macs == 4 * 3 * 2
+    with pytest.raises(InputError, match="lazy modules.*give an input") as exc:
+        inspect(make())
+    _one_line(exc)
 
 
 class ConfigDelegating(nn.Module):
@@ -826,6 +861,10 @@ def test_failing_training_steps_leave_nothing_behind():
         return make
 
     before = snapshot(model)
+    try:  # once first: torch imports its compiler on the first optimizer built, and keeps that call's frames
+        inspect(model, x, backward=True, optimizer=lambda params: FailingStep(params, lr=0.1))
+    except InspectorError:
+        pass
     gc.collect()
     gc.disable()
     try:
