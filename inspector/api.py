@@ -8,8 +8,6 @@ from __future__ import annotations
 import functools
 import gc
 import inspect as pyinspect
-import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -28,7 +26,7 @@ from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_le
 from inspector.culprit import raising_module
 from inspector.errors import (MODEL_FAILURES, InputError, InspectorError, NotAModuleError,
                               UnsupportedModelError)
-from inspector.failures import failure, forget_frames
+from inspector.failures import failure
 from inspector.options import Options, validate
 from inspector.report import Report, Run
 from inspector.tree import ModelTree
@@ -130,17 +128,13 @@ def _collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
     the report, as it would for any object the caller keeps. A caller's disabled collector stays so.
 
     On the way out the model is given back even where an interruption kept the borrow's own exit
-    from running (``borrow.settle``), and a failure leaves no reference cycle holding the run's
-    tensors (``failures.forget_frames``)."""
+    from running (``borrow.settle``)."""
     @functools.wraps(fn)
     def paused(*args: P.args, **kwargs: P.kwargs) -> R:
         enabled = gc.isenabled()
         gc.disable()
         try:
             return fn(*args, **kwargs)
-        except BaseException:
-            forget_frames(sys.exc_info()[1], _PACKAGE)
-            raise
         finally:
             try:
                 settle()
@@ -148,9 +142,6 @@ def _collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
                 if enabled:
                     gc.enable()
     return paused
-
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 @_collector_paused

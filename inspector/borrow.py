@@ -22,9 +22,9 @@ the model runs as it is. Either way one mechanism gives everything back:
 - *Process state*: the global module hooks, ``torch.nn.utils.parametrize``'s cache, grad mode and
   the dispatch-mode stack.
 
-Giving back is safe at any interruption: every step is idempotent and runs again if Ctrl-C lands
-inside it (SIGINT is held meanwhile and raised after); a borrow an interruption kept from its
-``__exit__`` is given back by :func:`settle`, which ``inspect`` runs on its way out.
+Giving back is safe at any interruption: SIGINT is held while it runs (and raised after), and every
+step is idempotent: a borrow an interruption kept from its ``__exit__``, or stopped inside it, is
+given back by :func:`settle`, which ``inspect`` runs on its way out.
 
 What cannot be given back here: writes through raw pointers (``data_ptr()`` with ctypes), and the
 inside of objects other than modules and plain containers. Inspection is serialised process-wide
@@ -302,24 +302,17 @@ class Borrow:
             raise _model_error(errors[0], "giving the model back") from errors[0]
 
     def give_back(self) -> list[Exception]:
-        """Restore everything (once; again if an interruption lands inside), release the lock, and
-        return the errors of the steps that raised. An interruption meanwhile is raised after."""
+        """Restore everything and release the lock, and return the errors of the steps that raised.
+        Idempotent: run again (by ``settle``) after an interruption inside, it finishes the job.
+        SIGINT is held meanwhile and raised after."""
         errors: list[Exception] = []
-        interrupted: BaseException | None = None
         with _interrupts_held() as held:
-            for _ in range(8):  # each try finishes what an interruption kept the last from doing
-                try:
-                    if self._taken:
-                        errors = self._restore()
-                        self.saved.clear(); self._taken = False  # noqa: E702 - one line: one trace event
-                    if self._locked:
-                        _forget(self)
-                        self._locked = False; LOCK.release()  # noqa: E702
-                    break
-                except BaseException as exc:  # noqa: BLE001 - an interruption inside a step: run them again
-                    interrupted = interrupted or exc
-        if interrupted is not None:
-            raise interrupted
+            if self._taken:
+                errors = self._restore()
+                self.saved.clear(); self._taken = False  # noqa: E702 - one line: nothing runs between
+            if self._locked:
+                _forget(self)
+                self._locked = False; LOCK.release()  # noqa: E702
         if held:
             raise KeyboardInterrupt
         return errors

@@ -81,23 +81,3 @@ def _data_dependent(op: OpInfo | None, text: str) -> bool:
     lowered = text.lower()
     return "meta" in lowered and any(w in lowered for w in ("item", "data-dependent", "data dependent", "nonzero",
                                                             "cannot copy out", "boolean value", "not implemented"))
-
-
-def forget_frames(exc: BaseException | None, package: str) -> None:
-    """Clear the locals of this package's finished frames in ``exc``'s tracebacks (its causes and
-    contexts too). An exception raised inside ``except ... as e`` keeps ``e`` in that frame, which
-    its traceback keeps alive: a cycle holding the step's tensors (copies of the weights, gradients)
-    until the cyclic collector runs. Cleared, they are freed when the caller drops the error."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        tb = exc.__traceback__
-        while tb is not None:
-            frame = tb.tb_frame
-            if frame.f_code.co_filename.startswith(package):
-                try:
-                    frame.clear()
-                except RuntimeError:  # still running (the caller's own frame)
-                    pass
-            tb = tb.tb_next
-        exc = exc.__cause__ or exc.__context__
