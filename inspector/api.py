@@ -15,7 +15,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
-
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from inspector import build
@@ -24,8 +23,7 @@ from inspector import lazy as lazy_mod
 from inspector.borrow import Borrow, call, settle, substitute_state
 from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
 from inspector.culprit import raising_module
-from inspector.errors import (MODEL_FAILURES, InputError, InspectorError, NotAModuleError,
-                              UnsupportedModelError)
+from inspector.errors import MODEL_FAILURES, InputError, InspectorError, NotAModuleError, UnsupportedModelError
 from inspector.failures import failure
 from inspector.options import Options, validate
 from inspector.report import Report, Run

@@ -309,10 +309,10 @@ class Borrow:
         with _interrupts_held() as held:
             if self._taken:
                 errors = self._restore()
-                self.saved.clear(); self._taken = False  # noqa: E702 - one line: nothing runs between
+                self.saved.clear(); self._taken = False  # one line: no line event between
             if self._locked:
                 _forget(self)
-                self._locked = False; LOCK.release()  # noqa: E702
+                self._locked = False; LOCK.release()
         if held:
             raise KeyboardInterrupt
         return errors

@@ -8,8 +8,9 @@ Hooks are registered once for the whole process (``register_module_forward_pre_h
 ``always_call`` forward hook), not once per module: attaching costs the same for 10 or 10,000
 modules, the pre-hook runs before any hook of the user's (so an error there is charged to the
 right layer), and the post-hook also runs when a forward raises (so a parent that catches a child's
-exception is charged its own work again). Calls of modules outside the model, or from another
-thread, are ignored.
+exception is charged its own work again). Calls of modules outside the model are ignored; work the
+forward hands to other threads is counted there by a twin of the counter (``inspector.threads``),
+and calls of the model on threads that do none of its work are said, not counted.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from inspector import meta_fast, op_formulas, threads
-from inspector.culprit import raising_module
 from inspector.conventions import Convention
+from inspector.culprit import raising_module
 from inspector.op_formulas import MATMUL_LIKE, Nested
 from inspector.report import OTHER_THREADS
 from inspector.tree import ModelTree

@@ -4,7 +4,6 @@ layer included), its config and input shapes, the phase, and a hint at the usual
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn

@@ -72,13 +72,9 @@ class Containers:
                     kinds.setdefault(kind, set()).add(t)
             if not kinds:
                 break
-
-            def of(kind: str) -> list:
-                wanted = kinds.get(kind)
-                return list(compress(values, map(wanted.__contains__, types))) if wanted else []
-
-            tensors += of("tensor")
-            found_dicts, found_seqs, found_sets, tuples = of("dict"), of("seq"), of("set"), of("tuple")
+            tensors += _of(values, types, kinds.get("tensor"))
+            found_dicts, found_seqs, found_sets, tuples = (_of(values, types, kinds.get(k))
+                                                           for k in ("dict", "seq", "set", "tuple"))
             full = list(filter(None, found_dicts))  # most are empty hook dicts: walked no further
             empty += filterfalse(None, found_dicts)
             dicts += full
@@ -130,6 +126,11 @@ class Containers:
             if frozenset(map(id, s)) != ids:
                 set.clear(s)
                 set.update(s, items)
+
+
+def _of(values: list, types: list[type], wanted: set[type] | None) -> list:
+    """The ``values`` whose type is ``wanted`` (C-level)."""
+    return list(compress(values, map(wanted.__contains__, types))) if wanted else []
 
 
 def _put_back(current: dict, keys: list, values: list) -> None:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from inspector.errors import InputError
-from inspector.units import size
 from inspector.tree import ModelTree, attribute
+from inspector.units import size
 
 _INT_DTYPES = {"int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32}
 _FLOAT_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,

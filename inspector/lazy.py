@@ -6,6 +6,7 @@ made there (on meta: no memory), then materialised by one forward with the run's
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -26,10 +27,8 @@ def uninitialized(tree: ModelTree) -> list[nn.Module]:
 
 def copy_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``; attributes that cannot be copied (locks, files) are shared."""
-    try:
+    with contextlib.suppress(Exception):  # else retried below, sharing what cannot be copied
         return copy.deepcopy(model)
-    except Exception:  # noqa: BLE001 - retried below, sharing what cannot be copied
-        pass
     memo: dict[int, Any] = {}
     for module in model.modules():
         for value in vars(module).values():

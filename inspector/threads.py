@@ -33,7 +33,7 @@ class ThreadCalls:
     """One other thread's calls: a stack whose bottom is the call it works for (``floor`` frames
     below its own), the counter's twin running there and the contexts entered there."""
 
-    __slots__ = ("stack", "floor", "twin", "contexts")
+    __slots__ = ("contexts", "floor", "stack", "twin")
 
     def __init__(self, base: Any) -> None:
         self.stack = [base] if base is not None else []
