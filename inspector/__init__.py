@@ -8,19 +8,35 @@
 Models by name from any source: ``inspector.load("resnet50")``, ``load("timm:convnext_tiny")``,
 ``load("hf:path/to/config_dir")``, ``load("path/to/net.py:Net")``.
 """
+import os as _os
 from dataclasses import replace as _replace
+import sys as _sys
 
-from inspector import formats as _formats  # noqa: F401 - registers the output formats
-from inspector import page as _page  # noqa: F401 - registers the html pages
-from inspector.api import inspect
-from inspector.closed_forms import ClosedForm, closed_form, closed_form_backward
-from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
-                              RegistryError, UnknownModelError, UnsupportedModelError)
-from inspector.op_formulas import op_formula
-from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
-from inspector.figures import Figure, register as register_figure
-from inspector.report import CrossCheck, Report, TrainingMemory
-from inspector.sources import ModelSpec, load
+
+def _cli_starting() -> bool:
+    """Whether this process is the command line (``inspector ...``, ``python -m inspector``)."""
+    argv = getattr(_sys, "orig_argv", _sys.argv)
+    return _os.path.basename(_sys.argv[0] or "") in ("inspector", "inspector.exe") or \
+        any(a == "-m" and b == "inspector" for a, b in zip(argv, argv[1:]))
+
+
+try:  # torch is imported here: seconds in which Ctrl-C must end the command line without a traceback
+    from inspector import formats as _formats  # noqa: F401 - registers the output formats
+    from inspector import page as _page  # noqa: F401 - registers the html pages
+    from inspector.api import inspect
+    from inspector.closed_forms import ClosedForm, closed_form, closed_form_backward
+    from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
+                                  RegistryError, UnknownModelError, UnsupportedModelError)
+    from inspector.op_formulas import op_formula
+    from inspector.records import LayerRecord, Mismatch, OpStat, Uncounted
+    from inspector.figures import Figure, register as register_figure
+    from inspector.report import CrossCheck, Report, TrainingMemory
+    from inspector.sources import ModelSpec, load
+except KeyboardInterrupt:
+    if not _cli_starting():
+        raise
+    _sys.stderr.write("inspector: interrupted\n")
+    raise SystemExit(130) from None
 
 __all__ = ["ClosedForm", "CrossCheck", "Figure", "InputError", "InspectorError", "LayerError", "LayerRecord", "MetaDeviceError",
            "Mismatch", "ModelSpec", "NotAModuleError", "OpStat", "RegistryError", "Report", "TrainingMemory",

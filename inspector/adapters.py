@@ -22,7 +22,10 @@ def _describe(config: Any) -> str:
 
 def note(tree: ModelTree) -> str | None:
     """A line on a PEFT model's adapters and frozen base (None for any other model)."""
-    configs = getattr(tree.model, "peft_config", None)
+    try:  # a model's own __getattr__ may raise anything for a name it does not know
+        configs = getattr(tree.model, "peft_config", None)
+    except Exception:  # noqa: BLE001
+        return None
     if not isinstance(configs, dict) or not configs:
         return None
     trainable = sum(p.numel() for _, p, t in tree.params if t)

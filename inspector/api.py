@@ -5,25 +5,28 @@ The data flows one way: options -> inputs -> collect (hooks + dispatch mode) -> 
 """
 from __future__ import annotations
 
-import copy
 import functools
 import gc
 import inspect as pyinspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from inspector import inputs as inputs_mod
-from inspector.borrow import Borrow, call, substitute_state
 from inspector import adapters, build
-from inspector.collect import Collection, Collector, Frame, OpCounter, OpInfo, tensor_leaves
+from inspector import inputs as inputs_mod
+from inspector import lazy as lazy_mod
+from inspector.borrow import Borrow, call, settle, substitute_state
+from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
+from inspector.culprit import raising_module
+from inspector.errors import (MODEL_FAILURES, InputError, InspectorError, MetaDeviceError, NotAModuleError,
+                              UnsupportedModelError, first_line)
+from inspector.failures import failure
 from inspector.meta_values import Known
-from inspector.op_formulas import Nested
-from inspector.errors import (InputError, InspectorError, LayerError, MetaDeviceError, NotAModuleError,
-                              UnsupportedModelError, first_line, hinted)
 from inspector.options import Options, validate
 from inspector.report import Report, Run
 from inspector.tree import ModelTree
@@ -32,9 +35,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: Wrappers counted through the module they wrap: replicas do that module's work on their share of
+#: the batch, and their own forward refuses substituted weights (``functional_call``).
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
 def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
-    """Check the model is something we can inspect; see through ``torch.compile``; lazy modules are
-    materialised on a copy."""
+    """Check the model is something we can inspect; see through ``torch.compile`` and DataParallel."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: hooks do not run inside it; "
@@ -52,10 +59,15 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"inspect() needs a torch.nn.Module, got {type(model).__name__}")
     notes = []
-    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+    if type(model).__name__ == "OptimizedModule" and isinstance(vars(model).get("_modules", {}).get("_orig_mod"),
+                                                               nn.Module):
         notes.append("torch.compile'd module: counted on its original eager module (compiled kernels "
                      "do the same arithmetic, fused)")
         model = model._orig_mod
+    while isinstance(model, _WRAPPERS):
+        notes.append(f"{type(model).__name__}: counted on the module it wraps (each replica does this work on its "
+                     "share of the batch)")
+        model = model.module
     if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and len(model) == 0:
         raise UnsupportedModelError(f"empty model: {type(model).__name__} has no layers")
     if type(model).forward is nn.Module.forward or isinstance(model, (nn.ModuleList, nn.ModuleDict)):
@@ -64,67 +76,37 @@ def _unwrap(model: Any) -> tuple[nn.Module, list[str]]:
     return model, notes
 
 
-def _tree(model: nn.Module, notes: list[str]) -> ModelTree:
-    """The model's tree; lazy modules are materialised on a copy, never on the model."""
-    tree = ModelTree(model)
-    if not tree.has(nn.modules.lazy.LazyModuleMixin):
-        return tree
-    lazy = [m for _, m in tree.modules if isinstance(m, nn.modules.lazy.LazyModuleMixin)
-            and m.has_uninitialized_params()]
+def _check_lendable(tree: ModelTree) -> None:
+    """Refuse, in one line, tensors whose memory the borrow cannot reach to give back: tensor
+    subclasses that hold no storage of their own (DTensor: FSDP2's fully_shard, tensor parallelism)."""
+    named = [*tree.parameters, *tree.buffers]
+    for name, t in named:
+        if type(t) in (torch.Tensor, nn.Parameter) or t.is_meta or isinstance(t, nn.parameter.UninitializedTensorMixin):
+            continue
+        if is_traceable_wrapper_subclass(t) or not torch._C._has_storage(t):
+            raise UnsupportedModelError(
+                f"{name} is a {type(t).__name__}, a tensor subclass holding no storage of its own (FSDP2 fully_shard, "
+                "tensor parallelism): inspector cannot lend it and give it back; inspect the model before sharding "
+                "it (built on device='meta' if it is large)")
+
+
+def _materialised(tree: ModelTree, args: tuple, kw: dict, target: torch.device, dtype: torch.dtype | None,
+                  notes: list[str]) -> ModelTree:
+    """Lazy modules materialised on a copy of the model, on the run's device and dtype, by one forward."""
+    lazy = lazy_mod.uninitialized(tree)
     if not lazy:
         return tree
     notes.append(f"{len(lazy)} lazy module(s) ({type(lazy[0]).__name__}...) materialised on a copy of the "
                  "model: the model's own stay uninitialized")
-    return ModelTree(copy.deepcopy(model))
-
-
-def _config(module: nn.Module) -> str:
+    copied = lazy_mod.copy_model(tree.model)
+    lazy_mod.place(copied, target, dtype)
+    names = ModelTree(copied).first_names
     try:
-        return module.extra_repr()
-    except Exception:  # noqa: BLE001 - a broken extra_repr must not hide the real error
-        return "?"
-
-
-def failure(collector: Collector | None, counter: OpCounter | None, exc: Exception, device: torch.device,
-            phase: str = "forward", frame: Frame | None = None) -> InspectorError:
-    """One line naming the layer that failed (``frame``, else the collector's failing call), its config
-    and input shapes, with a hint; never raises."""
-    try:
-        if isinstance(exc, InspectorError):
-            return exc
-        if frame is None and collector is not None:
-            frame = collector.failing_frame()
-        message = first_line(exc)
-        failed_op = counter.failed_op if counter is not None else None
-        op = failed_op.name if failed_op is not None else None
-        config = "" if frame is None else _config(frame.module)
-        where = "the model's own code (outside any submodule)" if frame is None else \
-            f"layer {frame.name or '(model)'!r} ({type(frame.module).__name__}" + (f": {config})" if config else ")")
-        shapes = "" if frame is None else ", ".join(
-            f"{s if isinstance(s, Nested) else tuple(s)} {str(d).replace('torch.', '')}"
-            for s, d in zip(frame.input_shapes, frame.input_dtypes)) or "no tensors"
-        during = "" if phase == "forward" else f" during {phase}"
-        if device.type == "meta" and _data_dependent(failed_op, message):
-            return MetaDeviceError(f"{where}{during}: {op or 'an op'} needs tensor values, which the meta device does "
-                                   f"not hold (.item(), nonzero, bool(tensor) on a result): inspect on "
-                                   f"device='cpu' (or cuda) instead")
-        if frame is None and collector is None:
-            text = f"the model failed{during}: {message}"
-        elif frame is None:
-            text = f"{where}{during} failed: {message}"
-        else:
-            text = f"{where}{during} failed on input {shapes}: {message}"
-        return hinted(LayerError, text, message)
-    except Exception:  # noqa: BLE001 - the error builder itself never raises
-        return LayerError(f"the {phase} pass failed: {type(exc).__name__}")
-
-
-def _data_dependent(op: OpInfo | None, message: str) -> bool:
-    if op is not None and op.data_dependent:
-        return True
-    lowered = message.lower()
-    return "meta" in lowered and any(w in lowered for w in ("item", "data-dependent", "data dependent", "nonzero",
-                                                            "cannot copy out", "boolean value", "not implemented"))
+        with torch.no_grad():
+            copied(*args, **kw)
+    except MODEL_FAILURES as exc:
+        raise failure(exc, target, names=names, phase="materialising its lazy modules") from exc
+    return ModelTree(copied)
 
 
 def _check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -147,16 +129,22 @@ def _collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
     few thousand lasting objects (a frame per module call) while the model's forward allocates, and
     every collection the allocations trigger would scan them all again. Reference counting frees
     everything as usual meanwhile; the next collection after the call sees what the caller kept of
-    the report, as it would for any object the caller keeps. A caller's disabled collector stays so."""
+    the report, as it would for any object the caller keeps. A caller's disabled collector stays so.
+
+    On the way out the model is given back even where an interruption kept the borrow's own exit
+    from running (``borrow.settle``)."""
     @functools.wraps(fn)
     def paused(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not gc.isenabled():
-            return fn(*args, **kwargs)
+        enabled = gc.isenabled()
         gc.disable()
         try:
             return fn(*args, **kwargs)
         finally:
-            gc.enable()
+            try:
+                settle()
+            finally:
+                if enabled:
+                    gc.enable()
     return paused
 
 
@@ -189,8 +177,8 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
                     loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, name=name, count_on=count_on,
                     generate=generate)
     model, notes = _unwrap(model)
-    tree = _tree(model, notes)
-    model = tree.model
+    tree = ModelTree(model)
+    _check_lendable(tree)
     if tree.scripted:
         notes.append(f"TorchScript submodule(s) {', '.join(tree.scripted[:3])}: each counted as one call (its "
                      "inside runs in the TorchScript interpreter, out of reach of module hooks)")
@@ -208,6 +196,11 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     run = Run(model=opts.name or type(model).__name__, device=str(target), dtype=dtype_name, mode=opts.mode,
               flops=opts.convention.name, notes=tuple(notes), backward=opts.backward)
     if ins.args is None:
+        lazy = lazy_mod.uninitialized(tree)
+        if lazy:
+            raise InputError(f"{type(model).__name__} has lazy modules ({type(lazy[0]).__name__}...) whose parameters "
+                             "are made by their first forward: give an input (inputs=... or input_size=...) to count "
+                             "them")
         return build.params_only(tree, run)
     given = tensor_leaves((ins.args, ins.kwargs))
     if opts.device is None and any(t.device.type == "meta" for t in given) and model_at.type != "meta":
@@ -219,6 +212,7 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
     if moved and not ins.invented:
         notes += [f"inputs moved from {d} to {target}" for d in sorted(moved)]
     _check_call(model, args, kw)
+    tree = _materialised(tree, args, kw, target, opts.dtype, notes)
     leaves = tensor_leaves((args, kw))
     run = replace(run, input_shapes=tuple(tuple(t.shape) for t in leaves),
                   input_dtypes=tuple(str(t.dtype).replace("torch.", "") for t in leaves), notes=tuple(notes))
@@ -238,13 +232,16 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
     borrow is plain data. A forward on a GPU is counted on meta copies (see ``_count_on_meta``); on
     meta, a count that made up routing is counted again with another routing."""
     training = times = timing = None
-    with Borrow(tree, opts.mode) as borrow:
+    with Borrow(tree, opts.mode) as borrow, _usual_autograd(tree, opts.backward) as left:
+        if left:  # the user's inference tensors copied, as tensors outside inference mode can be written
+            args, kw, kept = _outside_inference(args, kw, kept)
         if opts.generate is not None:
             from inspector.generation import generate as generation
 
             return generation(tree, run, substitute_state(tree, target, opts.dtype), args, kw, target, opts,
                               borrow.guard if borrow.owns_data else None,
-                              lambda col, ctr, exc, phase: failure(col, ctr, exc, target, phase), kept)
+                              lambda col, ctr, exc, phase: failure(exc, target, collector=col, counter=ctr,
+                                                                   phase=phase), kept)
         collection = None
         if _count_on_meta(target, opts):
             meta = torch.device("meta")
@@ -261,8 +258,23 @@ def _inspect(tree: ModelTree, run: Run, args: tuple, kw: dict, target: torch.dev
         if collection is None:
             collection, training, run = _counted(tree, run, args, kw, target, opts, borrow, kept)
         if opts.timing:
-            times, timing = _timed(tree, args, kw, len(collection.frames), target, opts)
+            borrow.keep_values([*tree.param_tensors, *tree.buffer_tensors])  # timed passes: no copy-on-write
+            times, timing = _timed(tree, args, kw, collection.frames, target, opts)
         return build.report(tree, run, collection, opts.dtype, training, timing, times)
+
+
+def _outside_inference(args: tuple, kw: dict, kept: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
+    """The inputs with inference tensors copied (usable outside ``torch.inference_mode()``), and the
+    known values of meta inputs following their copies."""
+    copies: dict[int, torch.Tensor] = {}
+
+    def copied(t: torch.Tensor) -> torch.Tensor:
+        out = inputs_mod.outside_inference(t)
+        copies[id(t)] = out
+        return out
+
+    args, kw = inputs_mod.map_tensors((args, kw), copied)
+    return args, kw, [(copies.get(id(meta), meta), value) for meta, value in kept]
 
 
 def _count_on_meta(target: torch.device, opts: Options) -> bool:
@@ -315,7 +327,8 @@ def _count(tree: ModelTree, args: tuple, kw: dict, device: torch.device, opts: O
 
         collection, training = train_step(
             tree, args, kw, collector, counter, opts, device,
-            lambda exc, phase, frame: failure(collector, counter, exc, device, phase, frame))
+            lambda exc, phase, frame: failure(exc, device, collector=collector, counter=counter, phase=phase,
+                                              frame=frame))
         return collection, training, known
     state = substitute_state(tree, device, opts.dtype)
     return _forward(tree.model, state, args, kw, collector, counter, device), None, known
@@ -345,32 +358,51 @@ def _routing_checked(tree: ModelTree, args: tuple, kw: dict, device: torch.devic
             "(counted again to check), so it holds for any routing; per-expert rows show the even one")
 
 
-def _timed(tree: ModelTree, args: tuple, kw: dict, calls: int, target: torch.device, opts: Options) -> tuple:
-    """Per-call times of the profiled passes (on copies of the weights) and the whole-model timing."""
+@contextmanager
+def _usual_autograd(tree: ModelTree, backward: bool) -> Iterator[bool]:
+    """Autograd as outside ``torch.inference_mode()``: there, composite ops reach the counter whole
+    (``aten.conv2d``, ``aten.batch_norm``) instead of as the kernels they run. Says whether it left
+    inference mode: always for a training step; for a forward, unless a model tensor is an inference
+    tensor (written in place outside inference mode, it would fail)."""
+    if not torch.is_inference_mode_enabled():
+        yield False
+        return
+    if not backward and any(t.is_inference() for t in (*tree.param_tensors, *tree.buffer_tensors)):
+        yield False
+        return
+    with torch.inference_mode(False):
+        yield True
+
+
+def _timed(tree: ModelTree, args: tuple, kw: dict, frames: tuple[Frame, ...], target: torch.device,
+           opts: Options) -> tuple:
+    """Per-call times of the timed passes (on copies of the weights) and the whole-model timing."""
     from inspector import timing as timing_mod
 
     timed_state = substitute_state(tree, target, opts.dtype, copies=True)
+    names = tree.first_names
 
-    def failed(module: nn.Module | None, exc: Exception) -> InspectorError:
+    def failed(module: nn.Module | None, exc: BaseException) -> InspectorError:
         frame = None
-        if module is not None:
-            frame = Frame(0, module, tree.first_names.get(id(module), ""), 0, None)
-        return failure(None, None, exc, target, "a timed pass", frame)
+        if module is not None and raising_module(exc, names) is None:
+            frame = next((f for f in frames if f.module is module), None) or \
+                Frame(0, module, names.get(id(module), ""), 0, None)
+        return failure(exc, target, names=names, phase="a timed pass", frame=frame, frames=frames)
 
-    times, timing = timing_mod.time_calls(tree, lambda: call(tree.model, timed_state, args, kw), calls, opts.repeat,
-                                          opts.warmup, target, on_error=failed)
+    times, timing = timing_mod.time_calls(tree, lambda: call(tree.model, timed_state, args, kw), len(frames),
+                                          opts.repeat, opts.warmup, target, on_error=failed)
     gflops, gbytes, source = timing_mod.resolve_peak(opts.peak, target, opts.dtype)
     return times, replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)
 
 
 def _forward(model: nn.Module, state: dict, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
              target: torch.device) -> Collection:
-    with collector.hooks(), torch.no_grad():
+    with collector.hooks(counter), torch.no_grad():
         try:
             with counter:
                 call(model, state, args, kw)
         except InspectorError:
             raise
-        except Exception as exc:
-            raise failure(collector, counter, exc, target) from exc
+        except MODEL_FAILURES as exc:
+            raise failure(exc, target, collector=collector, counter=counter) from exc
     return collector.collection(counter)

@@ -1,5 +1,5 @@
 """Borrowing the user's model: run it on another device or dtype, in eval or train mode, and give it
-back exactly as it was, whatever its forward writes.
+back exactly as it was, whatever its forward writes, raises or is interrupted by.
 
 Nothing is moved. Where the run needs another device or dtype, parameters and buffers are
 substituted for the duration of a call through ``torch.func.functional_call``; where it does not,
@@ -9,33 +9,48 @@ the model runs as it is. Either way one mechanism gives everything back:
   schema, plus the kernels that write running statistics without saying so) and hands the tensor to
   :meth:`Borrow.guard` first; a storage of the model's is saved once, before its first write, and
   copied back on exit. In-place writes through views, ``.data.mul_()``, ``embedding_renorm_``,
-  observers and BatchNorm statistics are all caught there.
-- *Tensor identity and layout*: every parameter, buffer and plain tensor attribute keeps its storage,
-  shape, strides, ``requires_grad`` and ``.grad`` (``.data =``, ``resize_`` and ``set_`` undone).
-- *What bypasses dispatch*: each module's attribute dicts (parameters, buffers, submodules, hooks,
-  plain attributes) are put back entry by entry, so replaced Parameters, tensors left on meta by
-  pruning or weight_norm, and modules or buffers created in forward all go.
+  observers and BatchNorm statistics are all caught there; so are writes through ``.numpy()`` and
+  DLPack views (the tensor is guarded when the view is handed out). A storage the forward grows
+  (``resize_``: fake-quant observers) is grown on a copy, so the model keeps its own memory.
+- *What a module holds* (``inspector.holdings``): every dict of every module (parameters, buffers,
+  submodules, every hook dict, attributes), the lists, sets, deques and tuples nested in them (a
+  KV cache), module classes (a parametrization registered in forward), and the identity, class,
+  dtype, layout, ``requires_grad``, ``.grad`` and autograd hooks of every tensor found there.
 - *Flags*: training flags through ``train()`` wherever a class, an instance or a patch overrides
   it, ``__setattr__`` or the children it walks, so overrides run as ``model.train()`` would run
-  them; set directly elsewhere; then the dicts.
-- *Process state*: the global module hooks and ``torch.nn.utils.parametrize``'s cache.
+  them; set directly elsewhere.
+- *Process state*: the global module hooks, ``torch.nn.utils.parametrize``'s cache, grad mode and
+  the dispatch-mode stack.
 
-Inspection is serialised process-wide (``LOCK``): two threads inspecting get one after the other.
-A thread running the model *outside* ``inspect`` meanwhile is not stopped; its calls are not counted.
+Giving back is safe at any interruption: SIGINT is held while it runs (and raised after), and every
+step is idempotent: a borrow an interruption kept from its ``__exit__``, or stopped inside it, is
+given back by :func:`settle`, which ``inspect`` runs on its way out.
+
+What cannot be given back here: writes through raw pointers (``data_ptr()`` with ctypes), and the
+inside of objects other than modules and plain containers. Inspection is serialised process-wide
+(``LOCK``): two threads inspecting get one after the other. A thread running the model *outside*
+``inspect`` meanwhile is not stopped (its calls are not counted, and said so: inspector.threads).
 """
 from __future__ import annotations
 
+import functools
+import math
 import operator
+import signal
 import threading
-from itertools import chain, compress, filterfalse
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.modules import module as module_mod
 from torch.nn.utils import parametrize
+from torch.utils import _python_dispatch as dispatch
 
-from inspector.errors import LayerError, first_line
+from inspector.errors import MODEL_FAILURES, InputError, LayerError, first_line
+from inspector.holdings import Classes, Containers, Tensors, gradients, put_back, unique
 from inspector.tree import ModelTree
 
 Mode = Literal["eval", "train", "as_is"]
@@ -43,14 +58,12 @@ MODES = ("eval", "train", "as_is")
 
 #: Held for every inspection (re-entrant: a model whose forward inspects another is fine).
 LOCK = threading.RLock()
-
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_state_dict_hooks", "_load_state_dict_pre_hooks", "_forward_pre_hooks_with_kwargs",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
-_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called",
-                 "_global_forward_hooks_with_kwargs", "_global_buffer_registration_hooks",
-                 "_global_module_registration_hooks", "_global_parameter_registration_hooks")
+#: Borrows taken and not yet given back, by thread (see ``settle``).
+_OUTSTANDING: list[Borrow] = []
+#: Tensor methods that hand out the tensor's memory outside the dispatcher.
+_RAW_VIEWS = ("numpy", "__dlpack__")
+#: Methods a pass patches while it runs (inspector.threads), put back if an interruption kept it from it.
+_PATCHED = ((ThreadPoolExecutor, "submit"), (threading.Thread, "start"))
 
 
 def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None,
@@ -65,13 +78,16 @@ def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype |
     def needs(t: torch.Tensor) -> bool:
         return t.device != device or cast(t) not in (None, t.dtype)
 
-    def convert(t: torch.Tensor, copy: bool) -> torch.Tensor:
+    def convert(name: str, t: torch.Tensor, copy: bool) -> torch.Tensor:
+        if t.is_meta and device.type != "meta":
+            raise InputError(f"{name} is on the meta device (it holds no values) and cannot run on {device}: "
+                             "inspect with device='meta', or load the model's weights first")
         return t.detach().to(device=device, dtype=cast(t), copy=copy)
 
     if not copies and tree.devices <= {device} and (dtype is None or tree.float_dtypes <= {dtype}):
         return {}  # everything is already where and what the pass wants (no per-tensor checks)
-    state = {name: convert(p, copies) for name, p in tree.parameters if copies or needs(p)}
-    state.update((name, convert(b, True)) for name, b in tree.buffers)
+    state = {name: convert(name, p, copies) for name, p in tree.parameters if copies or needs(p)}
+    state.update((name, convert(name, b, True)) for name, b in tree.buffers)
     return state
 
 
@@ -82,20 +98,7 @@ def call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: 
     return torch.func.functional_call(model, state, args, kwargs, tie_weights=True, strict=False)
 
 
-_is = operator.is_
-_dict_attrs = operator.itemgetter("_parameters", "_buffers", "_modules", *_HOOK_DICTS)
-_requires_grad = operator.attrgetter("requires_grad")
 _TRAINING = operator.attrgetter("training")
-_is_leaf = operator.attrgetter("is_leaf")
-_grad = operator.attrgetter("_grad")
-_LAYOUT = operator.attrgetter("layout", "is_nested")
-#: What a C-level read of one tensor gives: its version counter (in-place writes, set_, resize_),
-#: flags and shape; compared as tuples of plain values.
-_STATE = operator.attrgetter("_version", "requires_grad", "is_leaf", "is_meta", "shape")
-_REQUIRES_GRAD, _LEAF, _META, _SIZE = map(operator.itemgetter, range(1, 5))
-
-_is_meta = operator.attrgetter("is_meta")
-
 
 #: What nn.Module.train() runs besides setting the flag; torch's own (unpatched) versions of all of
 #: them make train() exactly "set the flag here, then in each child".
@@ -142,151 +145,52 @@ def _set_training(module: nn.Module, mode: bool, classes: dict[type, bool]) -> N
             _set_training(child, mode, classes)
 
 
-def _plain_strided(t: torch.Tensor) -> bool:
-    return t.layout == torch.strided and not t.is_nested and not isinstance(t, nn.parameter.UninitializedTensorMixin)
+class ProcessState:
+    """What a run may change outside the model: the process-wide module hooks, parametrize's cache,
+    grad mode, the dispatch-mode stack, and the tensor methods the borrow guards while it lasts."""
 
+    def __init__(self) -> None:
+        self.hooks = {name: dict(value) for name, value in vars(module_mod).items()
+                      if name.startswith("_global_") and isinstance(value, dict)}
+        self.cache = (parametrize._cache.copy(), parametrize._cache_enabled)
+        self.grad = torch.is_grad_enabled()
+        self.modes = len(dispatch._get_current_dispatch_mode_stack())
+        self.mode_flags = (dispatch._is_in_torch_dispatch_mode, dispatch._is_in_non_infra_torch_dispatch_mode,
+                           dispatch._is_in_any_mode_without_ignore_compile_internals)
+        self.methods = {(owner, name): owner.__dict__.get(name)
+                        for owner, name in (*((torch.Tensor, n) for n in _RAW_VIEWS), *_PATCHED)}
 
-def _all_plain_strided(ts: list[torch.Tensor]) -> bool:
-    """``all(map(_plain_strided, ts))`` in C-level loops (and each distinct type checked once)."""
-    return (set(map(_LAYOUT, ts)) <= {(torch.strided, False)}
-            and not any(issubclass(k, nn.parameter.UninitializedTensorMixin) for k in set(map(type, ts))))
-
-
-def _put_back(current: dict, saved: dict) -> None:
-    """Make ``current`` hold exactly ``saved``'s entries, the same objects in the same order (a
-    Sequential runs in its dict's order)."""
-    if len(current) == len(saved) and all(map(_is, current.values(), saved.values())) \
-            and all(map(_is, current, saved)):
-        return
-    current.clear()
-    current.update(saved)
-
-
-def _tensor_types(types: set[type]) -> frozenset[type]:
-    return frozenset(t for t in types if issubclass(t, torch.Tensor))
-
-
-def _tensors_among(values: list[Any]) -> list[torch.Tensor]:
-    types = list(map(type, values))
-    kinds = _tensor_types(set(types))
-    return list(compress(values, map(kinds.__contains__, types))) if kinds else []
-
-
-class _Dicts:
-    """Every entry of every module's attribute dicts (its __dict__, parameters, buffers, submodules
-    and hook dicts), kept as flat lists, and the dicts that were empty: checking that nothing changed
-    is a few C-level loops, with no bytecode per module."""
-
-    def __init__(self, modules: list[nn.Module]) -> None:
-        owners = list(map(vars, modules))
-        try:
-            inner = list(chain.from_iterable(map(_dict_attrs, owners)))
-        except KeyError:  # a module unpickled from an old torch: some dicts missing
-            names = ("_parameters", "_buffers", "_modules", *_HOOK_DICTS)
-            inner = [d[n] for d in owners for n in names if n in d]
-        dicts = owners + inner
-        self.dicts = list(filter(None, dicts))
-        self.empty = list(filterfalse(None, dicts))  # hook dicts, mostly: they must stay empty
-        self.sizes = list(map(len, self.dicts))
-        self.keys = list(chain.from_iterable(self.dicts))
-        self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
-        self._owned_values = sum(map(len, owners))  # the __dict__s' values come first
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Parameters, buffers and plain tensor attributes (subclasses included), as the dicts hold them.
-        Filtered by type, each distinct type checked once (``isinstance`` against torch.Tensor's
-        metaclass costs four times a set lookup, for every one of thousands of values). The modules'
-        own __dict__s hold most values and rarely a tensor: their types are gathered first, and their
-        values filtered only when one is a tensor's."""
-        values, n = self.values, self._owned_values
-        owned, inner = values[:n], values[n:]
-        if _tensor_types(set(map(type, owned))):
-            return _tensors_among(owned) + _tensors_among(inner)
-        return _tensors_among(inner)
+    def guard_raw_views(self, guard: Any) -> None:
+        """Until ``restore``, ``Tensor.numpy()`` and ``__dlpack__`` hand ``guard`` the tensor first."""
+        for name in _RAW_VIEWS:
+            setattr(torch.Tensor, name, _guarded(getattr(torch.Tensor, name), guard))
 
     def restore(self) -> None:
-        dicts = self.dicts
-        values = list(chain.from_iterable(map(dict.values, dicts)))
-        if not any(self.empty) and len(values) == len(self.values) and all(map(_is, values, self.values)) \
-                and list(chain.from_iterable(dicts)) == self.keys:
-            return
-        for d in self.empty:
-            d.clear()  # entries added where there were none (new hooks, buffers, submodules)
-        start = 0
-        for d, size in zip(dicts, self.sizes):
-            _put_back(d, dict(zip(self.keys[start:start + size], self.values[start:start + size])))
-            start += size
+        for (owner, name), method in self.methods.items():
+            if owner.__dict__.get(name) is not method:
+                if method is None:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, method)
+        for name, saved in self.hooks.items():
+            put_back(getattr(module_mod, name), saved)
+        cache, enabled = self.cache
+        put_back(parametrize._cache, cache)
+        parametrize._cache_enabled = enabled
+        while len(dispatch._get_current_dispatch_mode_stack()) > self.modes:  # a mode an interruption left
+            dispatch._pop_mode()
+        (dispatch._is_in_torch_dispatch_mode, dispatch._is_in_non_infra_torch_dispatch_mode,
+         dispatch._is_in_any_mode_without_ignore_compile_internals) = self.mode_flags
+        dispatch.set_is_in_mode_without_ignore_compile_internals(self.mode_flags[2])
+        torch.set_grad_enabled(self.grad)
 
 
-class _Tensors:
-    """Identity and layout of the model's tensors (parameters, buffers, plain tensor attributes):
-    enough to undo ``.data =``, ``resize_`` and ``set_``, and to put back ``requires_grad`` and
-    ``.grad``. Taken and checked with C-level maps; restored one by one only where something moved."""
-
-    def __init__(self, tensors: list[torch.Tensor]) -> None:
-        if not _all_plain_strided(tensors):  # sparse, nested, lazy: no storage to keep
-            tensors = [t for t in tensors if _plain_strided(t)]
-        ts = tensors
-        try:  # version, flags and shape in one C-level read per tensor
-            state: list[tuple] | None = list(map(_STATE, ts))
-        except RuntimeError:  # an inference tensor keeps no version counter: every tensor checked one by one
-            state = None
-        self.tensors = ts
-        self.state = state
-        self.storages = list(map(torch.Tensor.untyped_storage, ts))
-        self.nbytes = list(map(torch.UntypedStorage.nbytes, self.storages))
-        self.ptrs = list(map(torch.Tensor.data_ptr, ts))
-        self.strides = list(map(torch.Tensor.stride, ts))
-        self.offsets = list(map(torch.Tensor.storage_offset, ts))
-        if state is not None:
-            self.sizes = list(map(_SIZE, state))
-            self.requires_grad = list(map(_REQUIRES_GRAD, state))
-            self.leaves = all(map(_LEAF, state))  # the usual case: .grad read in one C-level loop
-            self.meta = list(compress(range(len(ts)), map(_META, state)))
-        else:
-            self.sizes = list(map(torch.Tensor.size, ts))
-            self.requires_grad = list(map(_requires_grad, ts))
-            self.leaves = all(map(_is_leaf, ts))
-            self.meta = list(compress(range(len(ts)), map(_is_meta, ts)))
-        self.grads = self._grads()
-
-    def _grads(self) -> list[torch.Tensor | None]:
-        if self.leaves:
-            return list(map(_grad, self.tensors))
-        return [t._grad if t.is_leaf else None for t in self.tensors]  # ._grad of a non-leaf warns
-
-    def owned(self) -> dict[int, Any]:
-        """Data pointer -> storage, for every model storage that holds data (copy-on-write)."""
-        owned = dict(zip(map(torch.UntypedStorage.data_ptr, self.storages), self.storages))
-        owned.pop(0, None)  # empty storages hold nothing to save
-        return owned
-
-    def _unchanged(self) -> bool:
-        ts = self.tensors
-        return (self.state is not None and self.leaves and list(map(_STATE, ts)) == self.state
-                and list(map(torch.Tensor.data_ptr, ts)) == self.ptrs
-                and list(map(torch.Tensor.stride, ts)) == self.strides
-                and list(map(torch.Tensor.storage_offset, ts)) == self.offsets
-                and all(map(_is, map(_grad, ts), self.grads))
-                and list(map(torch.UntypedStorage.nbytes, self.storages)) == self.nbytes
-                and all(ts[i].untyped_storage()._cdata == self.storages[i]._cdata for i in self.meta))
-
-    def restore(self) -> None:
-        if self._unchanged():
-            return
-        with torch.no_grad():
-            for i, t in enumerate(self.tensors):
-                storage, nbytes = self.storages[i], self.nbytes[i]
-                if storage.nbytes() != nbytes:  # resized in place (observers)
-                    storage.resize_(nbytes)
-                if t.untyped_storage()._cdata != storage._cdata or t.size() != self.sizes[i] \
-                        or t.stride() != self.strides[i] or t.storage_offset() != self.offsets[i]:
-                    t.set_(storage, self.offsets[i], self.sizes[i], self.strides[i])
-        for t, requires_grad, grad in zip(self.tensors, self.requires_grad, self.grads):
-            if t.is_leaf and t.requires_grad != requires_grad:
-                t.requires_grad_(requires_grad)
-            if t.is_leaf and t._grad is not grad:
-                t.grad = grad
+def _guarded(method: Any, guard: Any) -> Any:
+    @functools.wraps(method)
+    def guarded(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        guard(self)
+        return method(self, *args, **kwargs)
+    return guarded
 
 
 class Borrow:
@@ -297,6 +201,9 @@ class Borrow:
         self.mode = mode
         self.saved: dict[int, tuple[Any, Any]] = {}  # storage ptr -> (storage, copy before the first write)
         self._owned: dict[int, Any] = {}
+        self._thread = threading.get_ident()
+        self._taken = False  # the snapshot is complete: from here on, giving back restores
+        self._locked = False
 
     # --- copy-on-write ----------------------------------------------------------------------------
 
@@ -305,10 +212,10 @@ class Borrow:
         """Whether some model tensor holds data a write could change (not so for a model on meta)."""
         return bool(self._owned)
 
-    def guard(self, t: torch.Tensor) -> None:
-        """Called by the dispatch mode before an op writes ``t``: save the model storage it lives in.
-        The storage is found by its base address (no storage object made for every activation an
-        in-place op writes)."""
+    def guard(self, t: torch.Tensor, resize_to: Any = None) -> None:
+        """Called by the dispatch mode before an op writes ``t`` (``resize_to``: the size a resize
+        asks for): save the model storage it lives in. The storage is found by its base address (no
+        storage object made for every activation an in-place op writes)."""
         if not self._owned or t.is_meta:
             return
         try:
@@ -316,40 +223,67 @@ class Borrow:
         except (RuntimeError, NotImplementedError):  # sparse, nested: never model state here
             return
         storage = self._owned.get(ptr)
-        if storage is not None and ptr not in self.saved:
+        if storage is None:
+            return
+        if resize_to is not None and self._grow_on_copy(t, storage, resize_to):
+            return  # the model's own storage is not written
+        if ptr not in self.saved:
             self.saved[ptr] = (storage, storage.clone())
+
+    def _grow_on_copy(self, t: torch.Tensor, storage: Any, size: tuple) -> bool:
+        """A model tensor about to outgrow its storage (``size``; ``(-1,)``: a kernel that may resize
+        what it writes) is moved to a copy of it first: the resize then reallocates the copy, and the
+        model keeps its own memory (given back by ``Tensors``)."""
+        if id(t) not in self.tensors.index:
+            return False
+        if min(size, default=0) >= 0 and (t.storage_offset() + math.prod(size)) * t.element_size() <= storage.nbytes():
+            return False
+        with torch.no_grad():
+            t.set_(storage.clone(), t.storage_offset(), t.size(), t.stride())
+        return True
+
+    def keep_values(self, substituted: list[torch.Tensor]) -> None:
+        """Save now the storage of every model tensor a pass without the copy-on-write may write:
+        all but the ``substituted`` ones (timed passes run on copies of the parameters and buffers;
+        tensor attributes, tensors in containers and gradients are the model's own)."""
+        skipped = set(map(id, substituted))
+        for t in self.tensors.tensors:
+            if id(t) not in skipped and not t.is_meta:
+                self.guard(t)
 
     # --- snapshot and restore ----------------------------------------------------------------------
 
     def __enter__(self) -> Borrow:
-        LOCK.acquire()
-        try:
+        try:  # the lock is taken inside: an interruption anywhere from here gives it back
+            self._locked = LOCK.acquire()
+            _OUTSTANDING.append(self)
             self._snapshot()
-        except BaseException:
-            LOCK.release()
-            raise
-        try:
+            self.process.guard_raw_views(self.guard)
+            parametrize._cache_enabled = 0  # the run neither reads nor fills the user's cached() values
             self._enter_mode()
-        except BaseException as exc:
-            self.__exit__(type(exc), exc, exc.__traceback__)
-            raise _model_error(exc, "switching the model's mode") from exc
+        except BaseException:
+            self.give_back()
+            raise
         return self
 
     def _snapshot(self) -> None:
         modules = self.tree.module_list
-        if self.tree.scripted:
+        if self.tree.scripted:  # TorchScript modules keep their attributes in C++: their tensors below
             modules = [m for m in modules if not isinstance(m, torch.jit.ScriptModule)]
-        self.dicts = _Dicts(modules)
-        # the dicts hold every parameter, buffer and tensor attribute; packed quantized weights are apart
-        every = [*self.dicts.tensors(), *(t for _, t, _ in self.tree.packed)]
-        self.tensors = _Tensors(list(dict(zip(map(id, every), every)).values()))  # tied tensors once
-        self._owned = self.tensors.owned()
-        self.globals = {name: getattr(module_mod, name).copy() for name in _GLOBAL_HOOKS
-                        if hasattr(module_mod, name)}
-        self.cache = (parametrize._cache.copy(), parametrize._cache_enabled)
-        parametrize._cache_enabled = 0  # the run neither reads nor fills the user's cached() values
+        tensor_attrs = Containers(list(map(vars, modules)))
+        found = unique([*tensor_attrs.tensors, *self.tree.param_tensors, *self.tree.buffer_tensors])
+        found = unique(found + gradients(found))
+        tensors = Tensors(found)
+        # a tensor's own __dict__ and its autograd hook dicts are put back like a module's
+        tensor_dicts = [vars(t) for t in tensors.tensors] + tensors.hook_dicts()
+        self.containers = [tensor_attrs, Containers(tensor_dicts)]
+        self.tensors = tensors
+        self.classes = Classes(modules)
+        self._owned = tensors.owned()
+        self.process = ProcessState()
         self.flag_modules = self.tree.module_list
         self.flags = list(map(_TRAINING, self.flag_modules))
+        self._taken = True
 
     def _enter_mode(self) -> None:
         if self.mode not in MODES:
@@ -357,7 +291,10 @@ class Borrow:
         if self.mode != "as_is":
             wanted = self.mode == "train"
             if any(flag != wanted for flag in self.flags):
-                _set_training(self.tree.model, wanted, {})
+                try:
+                    _set_training(self.tree.model, wanted, {})
+                except MODEL_FAILURES as exc:
+                    raise _model_error(exc, "switching the model's mode") from exc
 
     def reset(self) -> None:
         """Give everything back and lend it again: a pass that failed half-way (and may have written
@@ -365,28 +302,41 @@ class Borrow:
         errors = self._restore()
         if errors:
             raise _model_error(errors[0], "giving the model back") from errors[0]
+        self.process.guard_raw_views(self.guard)
         parametrize._cache_enabled = 0
         self._enter_mode()
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        try:
-            errors = self._restore()
-        finally:
-            LOCK.release()
+        errors = self.give_back()
         if errors and exc is None:  # the run went well but giving the model back did not
             raise _model_error(errors[0], "giving the model back") from errors[0]
 
-    def _restore(self) -> list[BaseException]:
+    def give_back(self) -> list[Exception]:
+        """Restore everything and release the lock, and return the errors of the steps that raised.
+        Idempotent: run again (by ``settle``) after an interruption inside, it finishes the job.
+        SIGINT is held meanwhile and raised after."""
+        errors: list[Exception] = []
+        with _interrupts_held() as held:
+            if self._taken:
+                errors = self._restore()
+                self.saved.clear(); self._taken = False  # one line: no line event between
+            if self._locked:
+                _forget(self)
+                self._locked = False; LOCK.release()
+        if held:
+            raise KeyboardInterrupt
+        return errors
+
+    def _restore(self) -> list[Exception]:
         """Every step runs whatever the others do; the errors are returned (a user's train() that
         raises must not leave the weights, dicts or caches changed)."""
-        errors: list[BaseException] = []
-        for step in (self._restore_flags, self._restore_storages, self.tensors.restore, self.dicts.restore,
-                     self._restore_process_state):
+        errors: list[Exception] = []
+        for step in (self._restore_flags, self.classes.restore, self._restore_storages, self.tensors.restore,
+                     *(c.restore for c in self.containers), self.process.restore):
             try:
                 step()
             except Exception as exc:  # noqa: BLE001 - collected, raised once everything is back
                 errors.append(exc)
-        self.saved.clear()
         return errors
 
     def _restore_flags(self) -> None:
@@ -419,12 +369,34 @@ class Borrow:
                     storage.resize_(copy.nbytes())
                 storage.copy_(copy)
 
-    def _restore_process_state(self) -> None:
-        for name, saved in self.globals.items():
-            _put_back(getattr(module_mod, name), saved)
-        cache, enabled = self.cache
-        _put_back(parametrize._cache, cache)
-        parametrize._cache_enabled = enabled
+
+def _forget(borrow: Borrow) -> None:
+    if borrow in _OUTSTANDING:
+        _OUTSTANDING.remove(borrow)
+
+
+def settle() -> None:
+    """Give back every borrow of this thread still outstanding: one whose ``__exit__`` an
+    interruption kept from running (``inspect`` calls this on its way out)."""
+    me = threading.get_ident()
+    for borrow in [b for b in reversed(_OUTSTANDING) if b._thread == me]:
+        borrow.give_back()
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[list[int]]:
+    """SIGINT recorded instead of raised while the block runs (main thread only: signals are
+    delivered there); the list says whether one came."""
+    held: list[int] = []
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None:  # another thread, or a handler set from C: nothing to hold
+        yield held
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _model_error(exc: BaseException, doing: str) -> LayerError:

@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 
 from inspector import experts
 from inspector.closed_forms import evaluate, evaluate_backward
-from inspector.collect import Collection, Frame
+from inspector.collect import Collection, Frame, nbytes as tensor_bytes
 from inspector.errors import first_line
 from inspector.figures import all_figures, fold, measured, whole_call
 from inspector.records import LayerRecord, OpStat
@@ -55,6 +55,8 @@ def sizer(dtype: torch.dtype | None) -> Callable[[torch.Tensor], int]:
     cast_size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
 
     def nbytes(p: torch.Tensor) -> int:
+        if p.layout != torch.strided:  # sparse: its indices and values
+            return tensor_bytes(p)
         return p.numel() * (cast_size if cast_size is not None and p.is_floating_point() else p.element_size())
     return nbytes
 
@@ -65,8 +67,12 @@ def param_totals(tree: ModelTree, dtype: torch.dtype | None = None) -> ParamTota
     params, buffers = tree.param_tensors, tree.buffer_tensors
     packed = {id(t) for _, t, _ in tree.packed}
     trainable = [p for p in compress(params, map(_REQUIRES_GRAD, params)) if id(p) not in packed]
-    size = _NBYTES if dtype is None else sizer(dtype)
-    param_bytes, buffer_bytes = sum(map(size, params)), sum(map(size, buffers))
+    try:
+        size = _NBYTES if dtype is None else sizer(dtype)
+        param_bytes, buffer_bytes = sum(map(size, params)), sum(map(size, buffers))
+    except RuntimeError:  # a sparse tensor has no nbytes
+        size = sizer(dtype)
+        param_bytes, buffer_bytes = sum(map(size, params)), sum(map(size, buffers))
     return ParamTotals(params=sum(map(torch.Tensor.numel, params)), trainable=sum(map(torch.Tensor.numel, trainable)),
                        buffer_elements=sum(map(torch.Tensor.numel, buffers)), param_bytes=param_bytes,
                        buffer_bytes=buffer_bytes)
@@ -169,7 +175,9 @@ def _uncalled(tree: ModelTree, first_call: dict[int, int], held_by: dict[int, in
 def _reparametrized(module: nn.Module) -> bool:
     """Parametrized (weight_norm, spectral_norm, orthogonal) or hooked (old weight_norm, pruning):
     its stored parameters are not the layer's plain weight and bias."""
-    return parametrize.is_parametrized(module) or bool(module._forward_pre_hooks)
+    children = vars(module).get("_modules")  # not getattr: a __getattr__ may raise anything
+    return (isinstance(children, dict) and isinstance(children.get("parametrizations"), nn.ModuleDict)) \
+        or bool(module._forward_pre_hooks)
 
 
 def _stats(ops: dict[str, list[int]]) -> tuple[OpStat, ...]:

@@ -384,14 +384,22 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while the parser is built (the sources' imports)
+        sys.stderr.write("inspector: interrupted\n")
+        return INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
         args = parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help, --version (0) or a usage error (2), already printed
         return int(exit_.code or 0)
     try:
         return args.run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("inspector: interrupted\n")
-        return INTERRUPTED
+    except SystemExit as exit_:  # the model's own code called sys.exit: never obeyed silently
+        sys.stderr.write(f"inspector: error: the model's code called sys.exit({exit_.code!r})\n")
+        return FAILED
     except BrokenPipeError:  # `inspector list | head`: the reader left; nothing is wrong
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -8,11 +8,15 @@ Hooks are registered once for the whole process (``register_module_forward_pre_h
 ``always_call`` forward hook), not once per module: attaching costs the same for 10 or 10,000
 modules, the pre-hook runs before any hook of the user's (so an error there is charged to the
 right layer), and the post-hook also runs when a forward raises (so a parent that catches a child's
-exception is charged its own work again). Calls of modules outside the model, or from another
-thread, are ignored.
+exception is charged its own work again). Calls of modules outside the model are ignored; work the
+forward hands to other threads is counted there by a twin of the counter (``inspector.threads``),
+and calls of the model on threads that do none of its work are said, not counted.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import operator
 import threading
 import weakref
@@ -27,11 +31,13 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from inspector import meta_fast, meta_values, op_formulas
+from inspector import meta_fast, meta_values, op_formulas, threads
 from inspector.conventions import Convention
+from inspector.culprit import raising_module
 from inspector.meta_values import Known
 from inspector.op_classes import matmul_like
 from inspector.op_formulas import Nested
+from inspector.report import OTHER_THREADS
 from inspector.tree import ModelTree
 
 Shape = tuple[int, ...]
@@ -119,6 +125,25 @@ def _tensor_shape(t: torch.Tensor) -> Any:
             else Nested(())
 
 
+def parts(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The dense tensors holding a sparse tensor's data (indices and values), or ``(t,)``."""
+    layout = t.layout
+    if layout == torch.sparse_coo:
+        return (t._indices(), t._values())
+    if layout in (torch.sparse_csr, torch.sparse_bsr):
+        return (t.crow_indices(), t.col_indices(), t.values())
+    if layout in (torch.sparse_csc, torch.sparse_bsc):
+        return (t.ccol_indices(), t.row_indices(), t.values())
+    return (t,)
+
+
+def nbytes(t: torch.Tensor) -> int:
+    """Bytes ``t`` holds: a sparse tensor's indices and values, a nested tensor's components."""
+    if t.layout != torch.strided:
+        return sum(p.numel() * p.element_size() for p in parts(t))
+    return _numel(t) * t.element_size()
+
+
 def _numel(t: torch.Tensor) -> int:
     try:
         return t.numel()
@@ -139,7 +164,7 @@ def shape_of(value: Any) -> Any:
 
 
 def tensor_leaves(value: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Every tensor in nested tuples, lists, dicts and dataclass-like outputs (ModelOutput is a dict)."""
+    """Every tensor in nested tuples, lists, dicts and dataclasses (ModelOutput is a dict)."""
     out = [] if out is None else out
     if isinstance(value, torch.Tensor):
         out.append(value)
@@ -154,11 +179,14 @@ def tensor_leaves(value: Any, out: list[torch.Tensor] | None = None) -> list[tor
             tensor_leaves(v, out)
     elif isinstance(value, nn.utils.rnn.PackedSequence):
         out.append(value.data)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            tensor_leaves(getattr(value, f.name, None), out)
     return out
 
 
 def _nbytes(tensors: list[torch.Tensor]) -> int:
-    return sum(_numel(t) * t.element_size() for t in tensors)
+    return sum(map(nbytes, tensors))
 
 
 def _op_shapes(value: Any) -> Any:
@@ -215,6 +243,9 @@ class Live:
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # nested or sparse: no single storage
+            if tensor.layout != torch.strided and not tensor.is_meta:
+                for part in parts(tensor):
+                    self.add(part)
             return
         refs = self._refs
         if self._dead:  # first: a new storage may sit at a dead one's address
@@ -253,7 +284,17 @@ KNOWN_NAMESPACES = frozenset({"aten", "prims", "quantized", "profiler", "rngprim
 #: Kernels that write running statistics without declaring it in their schema: (training-flag
 #: position, written argument positions).
 _UNDECLARED_WRITES = {"native_batch_norm": (5, (3, 4)), "cudnn_batch_norm": (5, (3, 4)),
-                      "miopen_batch_norm": (5, (3, 4))}
+                      "miopen_batch_norm": (5, (3, 4)),
+                      # composite ops the dispatch mode sees whole in inference mode and TorchScript
+                      "batch_norm": (5, (3, 4)), "_batch_norm_impl_index": (5, (3, 4)),
+                      "instance_norm": (5, (3, 4))}
+#: Ops that may grow the storage of the tensor they write (the guard is told the size asked for).
+_RESIZES = frozenset({"aten.resize_", "aten.resize_as_"})
+#: Kernels that resize what they write inside C++ (the guard is told they may): every ``out=``
+#: overload, and fake quantization's fused observer (scale and zero_point grow to one per channel).
+_RESIZING = frozenset({"aten.fused_moving_avg_obs_fake_quant", "aten._fused_moving_avg_obs_fq_helper"})
+#: ``resize_to`` for a write that may reallocate to a size not known beforehand.
+MAY_RESIZE = (-1,)
 
 
 @dataclass(frozen=True)
@@ -311,7 +352,7 @@ def describe(func: Any, table: dict, convention: Convention) -> OpInfo:
                   fast=meta_fast.lookup(func), direct=hasattr(func, "_op") and hasattr(func, "_pyobj_dispatcher"))
 
 
-WriteGuard = Callable[[torch.Tensor], None]
+WriteGuard = Callable[..., None]  # guard(tensor) before a write; guard(tensor, size) before a resize
 
 
 class Route(Protocol):
@@ -370,6 +411,24 @@ class OpCounter(TorchDispatchMode):
         self._info: dict[Any, OpInfo] = infos_for(table, convention) if infos is None else infos
         #: Ops run while no module call was open (charged to the model's own row afterwards).
         self.outside = Frame(-1, nn.Identity(), "", 0, None)
+        #: Set once the forward's work also runs on other threads (``inspector.threads``): every op is
+        #: then counted under it, on this thread too.
+        self.lock: threading.Lock | None = None
+
+    def quiet(self) -> None:
+        """Count and guard nothing more (a twin left on a thread that outlives the pass)."""
+        self.count = False
+        self.guard = None
+        self.track_memory = False
+
+    def for_thread(self, stack: list[Frame]) -> OpCounter:
+        """A twin counting another thread's ops into the same frames, tables and memory timeline,
+        charged to the innermost call on ``stack`` (that thread's own)."""
+        if self.lock is None:
+            self.lock = threading.Lock()
+        twin = copy.copy(self)
+        twin.stack = stack
+        return twin
 
     def __enter__(self) -> OpCounter:
         if self.known is not None:  # constants made from Python data on meta: their values known too
@@ -400,7 +459,7 @@ class OpCounter(TorchDispatchMode):
         if info is None:
             info = self._info[id(func)] = describe(func, self.table, self.convention)
         if info.guarded and self.guard is not None:
-            self._before_write(info, args, kwargs)
+            self._before_write(info, args, kwargs, func)
         try:
             out = NotImplemented
             if self.known is not None:
@@ -424,6 +483,8 @@ class OpCounter(TorchDispatchMode):
             out = retried
         if not self.count:
             return out
+        if self.lock is not None:
+            return self._locked(info, args, kwargs, out)
         if self._route is not None:
             route = self._route
             frame = route.frame()
@@ -458,6 +519,22 @@ class OpCounter(TorchDispatchMode):
                 live.add(out)
             if self.stack and live.now > self.stack[-1].peak_bytes:
                 self.stack[-1].peak_bytes = live.now
+        return out
+
+    def _locked(self, info: OpInfo, args: tuple, kwargs: dict | None, out: Any) -> Any:
+        """The counting of ``__torch_dispatch__`` under the lock (the forward's work on several threads)."""
+        with self.lock:  # type: ignore[union-attr]
+            route = self._route
+            if route is not None:
+                frame = route.frame()
+                self._charge(frame if frame is not None else self.outside, info, args, kwargs, out, route.backward,
+                             route.backward and route.recomputing(frame))
+            else:
+                self._charge(self.stack[-1] if self.stack else self.outside, info, args, kwargs, out, False)
+            if info.allocates and self.track_memory:
+                for t in out if isinstance(out, (tuple, list)) else (out,):
+                    if isinstance(t, torch.Tensor):
+                        self.live.add(t)
         return out
 
     def _charge(self, frame: Frame, info: OpInfo, args: tuple, kwargs: dict | None, out: Any, backward: bool,
@@ -513,8 +590,14 @@ class OpCounter(TorchDispatchMode):
             return 0, 0
         return macs, flops
 
-    def _before_write(self, info: OpInfo, args: tuple, kwargs: dict | None) -> None:
+    def _before_write(self, info: OpInfo, args: tuple, kwargs: dict | None, func: Any = None) -> None:
         guard = self.guard
+        if info.name in _RESIZES and args and isinstance(args[0], torch.Tensor) and len(args) > 1:
+            size = args[1].shape if isinstance(args[1], torch.Tensor) else args[1]
+            guard(args[0], tuple(size))  # type: ignore[call-arg, misc]
+            return
+        if info.name in _RESIZING or getattr(func, "_overloadname", "") == "out":
+            guard = functools.partial(guard, resize_to=MAY_RESIZE)  # type: ignore[arg-type]
         targets: list[Any] = []
         for w in info.writes:
             if isinstance(w, int):
@@ -533,6 +616,18 @@ class OpCounter(TorchDispatchMode):
                 for t in target:
                     if isinstance(t, torch.Tensor):
                         guard(t)  # type: ignore[misc]
+
+
+def _pop(stack: list[Frame], module: nn.Module, floor: int = 0) -> Frame | None:
+    """Take ``module``'s call off ``stack`` (and any call above it that never closed); None if it is
+    not there (at or above ``floor``)."""
+    if len(stack) > floor and stack[-1].module is module:
+        return stack.pop()
+    if not any(f.module is module for f in stack[floor:]):
+        return None
+    while stack[-1].module is not module:  # defensive: calls that never closed
+        stack.pop()
+    return stack.pop()
 
 
 @dataclass(frozen=True)
@@ -560,7 +655,15 @@ class Collector:
         self._starting: list[Callable[[Frame, tuple], None]] = []  # see ``observing``
         #: live bytes, shared with the counter (``OpCounter(..., live=collector.live)``): each call's start and peak
         self.live = live if live is not None else Live()
-        self._thread = threading.get_ident()
+        self.thread = threading.get_ident()
+        #: Other threads doing the forward's work (see inspector.threads), by thread id, and what
+        #: each enters when its work starts (a training step's saved-tensor hooks)
+        self.threads: dict[int, threads.ThreadCalls] = {}
+        self.thread_contexts: list[Callable[[], Any]] = []
+        self.counter: OpCounter | None = None  # the counter whose twins run on other threads
+        self._lock = threading.Lock()
+        #: calls of the model's modules on threads not doing the forward's work (not counted)
+        self.foreign_calls = 0
         self.failed: Frame | None = None  # the innermost call a forward raised in
         self._redirect: Any = None  # see ``redirected``
         self.grads = grads  # record whether inputs require grad (a training step)
@@ -578,9 +681,10 @@ class Collector:
                           if isinstance(m, nn.RNNBase)}
         self.special = self.shared | self.fused_rnn.keys()
 
-    def _name(self, module: nn.Module, name: str) -> str:
+    def _name(self, module: nn.Module, name: str, stack: list[Frame] | None = None) -> str:
         """A module reachable under several names is named by the parent that called it."""
-        parent = self.stack[-1] if self.stack else None
+        stack = self.stack if stack is None else stack
+        parent = stack[-1] if stack else None
         if parent is not None:
             for child_name, child in parent.module._modules.items():
                 if child is module:
@@ -591,7 +695,10 @@ class Collector:
         # the hot path: one call per module call
         key = id(module)
         name = self.names.get(key)
-        if name is None or _get_ident() != self._thread:
+        if name is None:
+            return
+        if _get_ident() != self.thread:
+            self._foreign_pre(module, name)
             return
         if self._redirect is not None:
             self._redirect.pre(module)
@@ -624,22 +731,26 @@ class Collector:
 
     def _post(self, module: nn.Module, args: tuple, kwargs: Any = None, output: Any = _FAILED) -> None:
         # torch calls always_call hooks as (module, args, result) when the forward raised: no output
-        if id(module) not in self.names or _get_ident() != self._thread:
+        if id(module) not in self.names:
+            return
+        if _get_ident() != self.thread:
+            self._foreign_post(module, args, kwargs, output)
             return
         if self._redirect is not None:
             self._redirect.post(module)
             return
         stack = self.stack
-        if not stack or stack[-1].module is not module:
-            if not any(f.module is module for f in stack):
-                return  # a call claimed elsewhere (recomputation), or never pushed
-            while stack[-1].module is not module:  # defensive: calls that never closed
-                stack.pop()
-        frame = stack.pop()
+        frame = _pop(stack, module)
+        if frame is None:
+            return  # a call claimed elsewhere (recomputation), or never pushed
         if stack and frame.peak_bytes > stack[-1].peak_bytes:
             stack[-1].peak_bytes = frame.peak_bytes
         if self._fused and id(module) in self.fused_rnn:
             self._fused.pop().__exit__(None, None, None)
+        self._close(frame, args, kwargs, output)
+
+    def _close(self, frame: Frame, args: tuple, kwargs: Any, output: Any) -> None:
+        """What a call's end tells: its inputs, outputs, and whether it raised."""
         if output is _FAILED:
             frame.failed = True
             if self.failed is None:
@@ -649,7 +760,7 @@ class Collector:
         if self.failed is not None and self._below(self.failed, frame):
             self.failed = None  # this call caught its descendant's exception and went on
         self._inputs(frame, args, kwargs)
-        if type(output) is torch.Tensor and not output.is_nested:
+        if type(output) is torch.Tensor and not output.is_nested and output.layout == torch.strided:
             frame.outputs = (output.shape,)
             frame.output_bytes = output.nbytes
         else:
@@ -659,6 +770,46 @@ class Collector:
         if self._observers:
             for callback in self._observers:
                 callback(frame, args, kwargs, output)
+
+    # --- the forward's work on other threads (see inspector.threads) -------------------------------
+
+    def innermost_here(self) -> Any:
+        """The innermost call open on this thread (None: none), or ``threads.NOT_OURS`` on a thread
+        that is not doing the forward's work."""
+        if _get_ident() == self.thread:
+            return self.stack[-1] if self.stack else None
+        calls = self.threads.get(_get_ident())
+        if calls is None:
+            return threads.NOT_OURS
+        return calls.stack[-1] if calls.stack else None
+
+    def _foreign_pre(self, module: nn.Module, name: str) -> None:
+        if self._redirect is not None:
+            return  # backward on autograd's threads: their ops reach the counter through autograd
+        calls = self.threads.get(_get_ident())
+        if calls is None:  # a thread the forward did not hand work to: not counted, and said so
+            with self._lock:
+                self.foreign_calls += 1
+            return
+        stack = calls.stack
+        if id(module) in self.shared:
+            name = self._name(module, name, stack)
+        with self._lock:
+            parent = stack[-1] if stack else None
+            frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent else 0,
+                          parent.index if parent else None)
+            self.frames.append(frame)
+        stack.append(frame)
+
+    def _foreign_post(self, module: nn.Module, args: tuple, kwargs: Any, output: Any) -> None:
+        calls = self.threads.get(_get_ident())
+        if calls is None or self._redirect is not None:
+            return
+        frame = _pop(calls.stack, module, calls.floor)
+        if frame is None:
+            return
+        with self._lock:
+            self._close(frame, args, kwargs, output)
 
     def _below(self, frame: Frame, ancestor: Frame) -> bool:
         while frame.parent is not None:
@@ -680,22 +831,26 @@ class Collector:
         frame._args = tuple(shape_of(a) for a in args)
         if kwargs:
             frame.kwargs = {k: shape_of(v) for k, v in kwargs.items()}
-        frame.inputs = tuple((_tensor_shape(t), t.dtype, _numel(t) * t.element_size()) for t in leaves)
+        frame.inputs = tuple((_tensor_shape(t), t.dtype, nbytes(t)) for t in leaves)
         frame.grad_input = any(t.requires_grad for t in leaves)
 
     @contextmanager
-    def hooks(self) -> Iterator[None]:
+    def hooks(self, counter: OpCounter | None = None) -> Iterator[None]:
         """Attach the two hooks (plus a marker on modules with pre-hooks of their own); removed on
-        exit, also when the forward raised."""
+        exit, also when the forward raised. With ``counter``, work the forward hands to other
+        threads is counted too (see inspector.threads)."""
+        self.counter = counter
         handles = [register_module_forward_pre_hook(self._pre),
                    register_module_forward_hook(self._post, with_kwargs=True, always_call=True)]
         try:
             for module in self.tree.with_pre_hooks:
                 handles.append(module.register_forward_pre_hook(self._forward_starts))
-            yield
+            with threads.work_carried(self):
+                yield
         finally:
             for handle in handles:
                 handle.remove()
+            self.counter = None
 
     @contextmanager
     def observing(self, callback: Callable[[Frame, tuple, dict | None, Any], None],
@@ -728,13 +883,25 @@ class Collector:
         if self.stack and self.stack[-1].module is module:
             self.stack[-1].hook_macs = self.stack[-1].macs
 
-    def failing_frame(self) -> Frame | None:
-        """The innermost module call a forward raised in (or the innermost one still open)."""
+    def failing_frame(self, exc: BaseException | None = None) -> Frame | None:
+        """The call ``exc`` was raised in: the innermost of the model's module calls its traceback
+        passes through (a hook of that module included); else the innermost call a forward raised in,
+        or the innermost one still open."""
+        found = raising_module(exc, self.names) if exc is not None else None
+        if found is not None:
+            for frame in reversed(self.frames):
+                if frame.module is found.module:
+                    if not frame.inputs:  # its call never closed (SystemExit): its arguments from the traceback
+                        self._inputs(frame, found.args, found.kwargs)
+                    return frame
         return self.failed if self.failed is not None else (self.stack[-1] if self.stack else None)
 
     def collection(self, counter: OpCounter, peak_bytes: int | None = None) -> Collection:
         """The frozen result; ``peak_bytes`` (default: the counter's live peak) for a step that went on
         after the forward (training reports the forward's own peak here)."""
+        uncounted = dict(counter.uncounted)
+        if self.foreign_calls:
+            uncounted[OTHER_THREADS] = self.foreign_calls
         return Collection(frames=tuple(self.frames), outside=counter.outside,
                           peak_bytes=counter.live.peak if peak_bytes is None else peak_bytes,
-                          uncounted=dict(counter.uncounted), formula_errors=dict(counter.formula_errors))
+                          uncounted=uncounted, formula_errors=dict(counter.formula_errors))

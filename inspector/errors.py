@@ -9,6 +9,12 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 
+#: What a model's own code may raise that is its failure, to be reported in one line: any exception,
+#: and ``SystemExit`` (a forward calling ``sys.exit``). ``KeyboardInterrupt`` is an interruption: it
+#: passes through.
+MODEL_FAILURES = (Exception, SystemExit)
+
+
 class InspectorError(Exception):
     """Base class of every error this package raises on purpose."""
 

@@ -24,13 +24,13 @@ from torch import nn
 from inspector import build, experts
 from inspector.borrow import call
 from inspector.collect import Collection, Collector, OpCounter
-from inspector.errors import InputError, InspectorError, MetaDeviceError
+from inspector.errors import MODEL_FAILURES, InputError, InspectorError, MetaDeviceError
 from inspector.meta_values import Known
 from inspector.options import Options
 from inspector.report import Generation, Report, Run
 from inspector.tree import ModelTree
 
-#: ``fail(collector, counter, exc, phase)``: the one-line error naming the layer (api.failure).
+#: ``fail(collector, counter, exc, phase)``: the one-line error naming the layer (failures.failure).
 Fail = Callable[[Collector, OpCounter, Exception, str], InspectorError]
 #: The cache's keyword, newest first (transformers >= 5.2 calls it ``cache``).
 CACHE_ARGS = ("cache", "past_key_values")
@@ -212,13 +212,13 @@ def _count(tree: ModelTree, state: dict, inputs: dict[str, Any], target: torch.d
     collector = Collector(tree)
     counter = OpCounter(collector.stack, opts.table, opts.convention, guard=guard, meta=target.type == "meta",
                         live=collector.live, known=known)
-    with collector.hooks(), torch.no_grad():
+    with collector.hooks(counter), torch.no_grad():
         try:
             with counter:
                 out = call(tree.model, state, (), inputs)
         except InspectorError:
             raise
-        except Exception as exc:
+        except MODEL_FAILURES as exc:
             raise fail(collector, counter, exc, phase) from exc
     return out, collector.collection(counter)
 

@@ -8,7 +8,9 @@ inferred input is marked as such, and if it fails the report counts parameters o
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,8 @@ import torch
 from torch import nn
 
 from inspector.errors import InputError
-from inspector.tree import ModelTree
+from inspector.tree import ModelTree, attribute
+from inspector.units import size
 
 _INT_DTYPES = {"int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32}
 _FLOAT_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -86,6 +89,35 @@ def random_input(shape: tuple[int, ...], dtype: torch.dtype | None, device: torc
     return torch.randn(shape, dtype=dtype or float_dtype, device=device)
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for a new tensor on ``device`` (None: unknown, or no memory needed: meta)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """An input of ``shape`` is refused before it is allocated where it would not fit in memory."""
+    needed = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    free = free_bytes(device)
+    if free is not None and needed > free:
+        raise InputError(f"input_size {shape} in {str(dtype).replace('torch.', '')} needs {size(needed)}, more than the "
+                         f"{size(free)} free on {device}: give a smaller size, or device='meta' to count without "
+                         "computing")
+
+
 def _torchvision_size(model: nn.Module) -> tuple[int, ...] | None:
     """Input size of a torchvision model built elsewhere, from its class's published conventions."""
     module = type(model).__module__
@@ -95,7 +127,7 @@ def _torchvision_size(model: nn.Module) -> tuple[int, ...] | None:
         return None
     if ".video" in module:
         return (1, 3, 16, 112, 112) if ".resnet" in module else (1, 3, 16, 224, 224)
-    side = getattr(model, "image_size", None) or (299 if type(model).__name__ == "Inception3" else 224)
+    side = attribute(model, "image_size") or (299 if type(model).__name__ == "Inception3" else 224)
     return (1, 3, int(side), int(side))
 
 
@@ -112,7 +144,7 @@ def _first_layer(modules: Iterable[tuple[str, nn.Module]]) -> tuple[str, nn.Modu
 def infer(tree: ModelTree, device: torch.device, dtype: torch.dtype | None) -> Inputs:
     """Example inputs for a model given without any, and a note saying where they came from."""
     model = tree.model
-    example = getattr(model, "example_input", None)
+    example = attribute(model, "example_input")
     if callable(example):
         try:
             x = example()
@@ -158,6 +190,7 @@ def resolve(tree: ModelTree, inputs: Any, kwargs: Mapping[str, Any] | None, inpu
         raise InputError("give either inputs or input_size, not both")
     if input_size is not None:
         shape, in_dtype = parse_size(input_size)
+        check_fits(shape, in_dtype or dtype or torch.get_default_dtype(), device)
         x = random_input(shape, in_dtype, device, tree.model, dtype)
         kind = "token ids" if not x.is_floating_point() else "random float input"
         why = " (the first layer is an embedding)" if in_dtype is None and not x.is_floating_point() else ""
@@ -198,6 +231,28 @@ def model_device(tree: ModelTree, given: torch.device | None = None) -> tuple[to
     listed = ", ".join(sorted(str(d) for d in devices))
     raise InputError(f"the model's tensors are on several devices ({listed}); pass device=... to "
                      "inspect it on one")
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor, containers rebuilt (namedtuples and
+    PackedSequence kept whole)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, nn.utils.rnn.PackedSequence):
+        return value._replace(data=fn(value.data))
+    if isinstance(value, dict):
+        out = {k: map_tensors(v, fn) for k, v in value.items()}
+        return out if type(value) is dict else type(value)(out)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(map_tensors(v, fn) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    return value
+
+
+def outside_inference(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it usable outside ``torch.inference_mode()`` if it is an inference tensor."""
+    return t.clone() if t.is_inference() else t
 
 
 def move(value: Any, device: torch.device, dtype: torch.dtype | None, moved: set[str],

@@ -1,6 +1,7 @@
 """Every argument of ``inspect`` checked before anything runs, into one frozen description."""
 from __future__ import annotations
 
+import inspect as pyinspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -121,8 +122,8 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
     if not backward and (loss_fn is not None or optimizer is not None or autocast is not None):
         raise InputError("loss_fn, optimizer and autocast apply to a training step: pass backward=True "
                          "(--backward)")
-    if loss_fn is not None and not callable(loss_fn):
-        raise InputError(f"loss_fn must be callable (output -> scalar), got {loss_fn!r}")
+    if loss_fn is not None:
+        check_loss(loss_fn)
     if optimizer is not None:
         check_optimizer(optimizer)
     steps = None if generate is None else _count(generate, "generate", 0)
@@ -134,4 +135,34 @@ def validate(*, device: Any, dtype: Any, mode: Any, timing: Any, repeat: Any, wa
                    repeat=_count(repeat, "repeat", 1), warmup=_count(warmup, "warmup", 0),
                    peak=check_peak(peak) if timing or steps is not None else None, convention=convention(flops),
                    table=formula_table(formulas), backward=backward, loss_fn=loss_fn, optimizer=optimizer,
-                   autocast=check_dtype(autocast, "autocast"), name=name, count_on=count_on, generate=steps)
+                   autocast=check_autocast(autocast), name=name, count_on=count_on, generate=steps)
+
+
+#: What autocast can run matmuls in: lower precisions (autocast to float32 changes nothing).
+AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_autocast(autocast: Any) -> torch.dtype | None:
+    dtype = check_dtype(autocast, "autocast")
+    if dtype is not None and dtype not in AUTOCAST_DTYPES.values():
+        raise InputError(f"autocast must be {' or '.join(AUTOCAST_DTYPES)} (it runs matmuls in a lower precision), got "
+                         f"{str(dtype).replace('torch.', '')}: drop autocast, or pass dtype=... to run the weights "
+                         "in another dtype")
+    return dtype
+
+
+def check_loss(loss_fn: Any) -> None:
+    """A callable taking the model's output alone (a loss that needs targets, such as
+    ``nn.CrossEntropyLoss()``, is refused here, with the lambda that fits)."""
+    if not callable(loss_fn):
+        raise InputError(f"loss_fn must be callable (output -> scalar), got {loss_fn!r}")
+    try:  # a module's own __call__ takes anything: its forward says what it needs
+        signature = pyinspect.signature(loss_fn.forward if isinstance(loss_fn, torch.nn.Module) else loss_fn)
+    except (TypeError, ValueError):  # a builtin without a signature: called as it is
+        return
+    try:
+        signature.bind(object())
+    except TypeError:
+        name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        raise InputError(f"loss_fn {name}{signature} cannot take the model's output alone: wrap a loss that needs "
+                         "targets, e.g. loss_fn=lambda out: F.cross_entropy(out, target)") from None

@@ -109,6 +109,12 @@ class TrainingMemory:
         return dict(vars(self))
 
 
+#: Entries of ``uncounted_ops`` that are no op: what went uncounted, and why.
+OTHER_THREADS = "(calls on other threads)"
+NOT_OPS = {OTHER_THREADS: "calls of the model's layers on threads this forward did not start or submit work to "
+                          "(another user of the model meanwhile, or a worker it fed through a queue): not counted"}
+
+
 @dataclass(frozen=True)
 class Training:
     """The training step's settings and results beyond the per-call backward figures."""
@@ -417,8 +423,9 @@ class Report:
         if not self.ran:
             problems.append(Uncounted("(the forward)", 0, "not run: no input was given or could be inferred"))
         for op, calls in self.uncounted_ops.items():
-            reason = "matmul-like op with no formula" if matmul_like(op) else \
-                "custom operator with no formula (its work is unknown; give it one with op_formula)"
+            reason = NOT_OPS.get(op) or ("matmul-like op with no formula" if matmul_like(op) else
+                                         "custom operator with no formula (its work is unknown; give it one with "
+                                         "op_formula)")
             problems.append(Uncounted(op, calls, reason))
         for op, error in self.formula_errors.items():
             problems.append(Uncounted(op, 1, f"its formula failed ({error})"))

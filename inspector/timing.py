@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
+from inspector.errors import MODEL_FAILURES
 from inspector.peaks import datasheet_peak
 from inspector.report import Timing
 from inspector.timeline import Activity, Attribution, attribute
@@ -191,7 +192,7 @@ def _profiled(tree: ModelTree, run: Callable[[], object], device: torch.device) 
         with ranges.hooks():
             run()
             _synchronize(device)
-    except Exception as exc:
+    except MODEL_FAILURES as exc:
         with _quiet_profiler():
             prof.__exit__(None, None, None)
         raise _Failed(ranges.failed or (ranges.modules[-1] if ranges.modules else None), exc) from exc
@@ -234,7 +235,7 @@ def _top_level(ops: list[Any]) -> list[tuple[float, float]]:
 
 
 class _Failed(Exception):
-    def __init__(self, module: nn.Module | None, exc: Exception) -> None:
+    def __init__(self, module: nn.Module | None, exc: BaseException) -> None:
         super().__init__(str(exc))
         self.module, self.exc = module, exc
 
@@ -249,7 +250,7 @@ class CallTimes:
 
 
 def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: int, warmup: int,
-               device: torch.device, on_error: Callable[[nn.Module | None, Exception], Exception] | None = None
+               device: torch.device, on_error: Callable[[nn.Module | None, BaseException], Exception] | None = None
                ) -> tuple[CallTimes, Timing]:
     """Per-call times of the profiled pass with the median span among ``repeat`` (after ``warmup``),
     and the median of as many plain passes beside it. ``calls`` is the number of calls the counted
@@ -271,7 +272,7 @@ def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: i
         if on_error is None:
             raise failed.exc from None
         raise on_error(failed.module, failed.exc) from failed.exc
-    except Exception as exc:
+    except MODEL_FAILURES as exc:
         if on_error is None:
             raise
         raise on_error(None, exc) from exc

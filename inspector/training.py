@@ -24,13 +24,18 @@ import torch
 from torch import nn
 
 from inspector.borrow import substitute_state
-from inspector.collect import Collection, Collector, Frame, OpCounter, Sink, tensor_leaves
-from inspector.errors import InputError, InspectorError
+from inspector.collect import Collection, Collector, Frame, OpCounter, Sink, nbytes, parts, tensor_leaves
+from inspector.errors import MODEL_FAILURES, InputError, InspectorError, UnsupportedModelError, first_line
+from inspector.failures import message
+from inspector.inputs import map_tensors
 from inspector.optimizers import OPTIMIZERS
 from inspector.report import Training, TrainingMemory
 from inspector.tree import ModelTree
 
+
 def _make_optimizer(optimizer: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """A new optimizer over ``params`` (the step's copies): one that holds anything else is refused
+    before it steps (the user's own, over the model's parameters, with its state)."""
     if not params:
         raise InputError("the model has no trainable parameter for the optimizer to update (all frozen?)")
     try:
@@ -39,6 +44,13 @@ def _make_optimizer(optimizer: Any, params: list[torch.Tensor]) -> torch.optim.O
         raise InputError(f"the optimizer could not be built: {type(exc).__name__}: {exc}") from None
     if not isinstance(built, torch.optim.Optimizer):
         raise InputError(f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer")
+    given = set(map(id, params))
+    held = [p for group in built.param_groups for p in group["params"]]
+    if any(id(p) not in given for p in [*held, *built.state]):
+        raise InputError(f"the optimizer factory returned an optimizer ({type(built).__name__}) over other tensors than "
+                         "the ones it was given: stepping it would change the model or the optimizer you hold; pass a "
+                         "factory that builds a new one from its argument, e.g. "
+                         "optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3)")
     return built
 
 
@@ -57,17 +69,42 @@ def step_state(tree: ModelTree, device: torch.device, dtype: torch.dtype | None)
     return state
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+def default_loss(output: Any, trainable: bool = True) -> torch.Tensor:
+    """The sum of every floating output that depends on a trainable parameter (``trainable``: the
+    model has one)."""
+    found = tensor_leaves(output)
+    leaves = [t for t in found if t.is_floating_point() and t.requires_grad]
+    if leaves:
+        return sum(t.float().sum() for t in leaves)  # type: ignore[return-value]
+    if not trainable:
+        raise InputError("the model has no trainable parameter (all frozen): nothing to train")
+    if not found:
+        raise InputError(f"the model's output ({type(output).__name__}) holds no tensor inspector can find: pass "
+                         "loss_fn=... (output -> scalar tensor)")
+    raise InputError("the model's output does not depend on any trainable parameter (is it detached, or computed "
+                     "under torch.no_grad() inside forward?): nothing to train")
 
 
-def default_loss(output: Any) -> torch.Tensor:
-    """The sum of every floating output that depends on a trainable parameter."""
-    leaves = [t for t in tensor_leaves(output) if t.is_floating_point() and t.requires_grad]
-    if not leaves:
-        raise InputError("the model's output does not depend on any trainable parameter: nothing to train "
-                         "(are all parameters frozen?)")
-    return sum(t.float().sum() for t in leaves)  # type: ignore[return-value]
+def _own(t: torch.Tensor) -> torch.Tensor:
+    own = t.clone() if t.is_inference() else t.detach()
+    return own.requires_grad_(t.requires_grad) if own.is_floating_point() or own.is_complex() else own
+
+
+def own_inputs(value: Any) -> Any:
+    """``value`` with every tensor detached from the caller's (so that no gradient reaches a tensor
+    of theirs: a view of a parameter, a parent's parameter), requiring grad as it did; an inference
+    tensor is copied (autograd cannot save it)."""
+    return map_tensors(value, _own)
+
+
+def _loss_error(loss_fn: Any, output: Any, exc: BaseException) -> InputError:
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    shapes = ", ".join(str(tuple(t.shape)) for t in tensor_leaves(output)) or "no tensors"
+    text = message(exc)
+    hint = " (hint: loss_fn takes the model's output alone; a loss that needs targets goes in a lambda: " \
+        "loss_fn=lambda out: F.cross_entropy(out, target))" if isinstance(exc, TypeError) else ""
+    return InputError(f"the loss function {name} failed on the model's output ({type(output).__name__}: "
+                      f"{shapes}): {text}{hint}")
 
 
 class BackwardTracker:
@@ -226,9 +263,9 @@ class SavedActivations:
         self.seen.add(key)
         nbytes = storage.nbytes()
         self.total += nbytes
-        stack = self.collector.stack
-        if stack:
-            stack[-1].saved_bytes += nbytes
+        frame = self.collector.innermost_here()
+        if isinstance(frame, Frame):
+            frame.saved_bytes += nbytes
         return t
 
     @staticmethod
@@ -247,13 +284,15 @@ def _storage_keys(tensors: list[torch.Tensor]) -> set[int]:
 
 
 def _unique_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each once (a sparse tensor: its indices and values)."""
     seen: dict[int, int] = {}
     for t in tensors:
-        try:
-            storage = t.untyped_storage()
-            seen[storage._cdata] = storage.nbytes()
-        except (RuntimeError, NotImplementedError):
-            seen[id(t)] = _nbytes(t)
+        for part in parts(t):
+            try:
+                storage = part.untyped_storage()
+                seen[storage._cdata] = storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # nested
+                seen[id(part)] = nbytes(part)
     return sum(seen.values())
 
 
@@ -264,68 +303,93 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Te
 
 
 def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
-               opts: Any, target: torch.device, on_error: Callable[[Exception, str, Frame | None], InspectorError]
+               opts: Any, target: torch.device, on_error: Callable[[BaseException, str, Frame | None], InspectorError]
                ) -> tuple[Collection, Training]:
     """Forward, backward and optimizer step on copies of the model's tensors, counted and measured.
     ``on_error(exc, phase, frame)`` turns a failure into the error to raise (``frame``: the call
     whose backward was running)."""
     if opts.autocast is not None and target.type == "meta":
         raise InputError("autocast needs a real device (cpu or cuda); on meta, pass dtype='bfloat16' instead")
+    with torch.enable_grad():  # also under the caller's no_grad()
+        args, kw = own_inputs((args, kw))
+        return _train_step(tree, args, kw, collector, counter, opts, target, on_error)
+
+
+def _train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
+                opts: Any, target: torch.device, on_error: Callable[[BaseException, str, Frame | None], InspectorError]
+                ) -> tuple[Collection, Training]:
     model = tree.model
     copies = step_state(tree, target, opts.dtype)
     all_params = [copies[name] for name, _ in tree.parameters]
     params = [t for t in all_params if t.requires_grad]
     buffers = [copies[name] for name, _ in tree.buffers]
-    loss_fn = opts.loss_fn or default_loss
+    loss_fn = opts.loss_fn or (lambda output: default_loss(output, bool(params)))
     autocast = (lambda: torch.autocast(target.type, dtype=opts.autocast)) if opts.autocast is not None else nullcontext
     optimizer = _make_optimizer(opts.optimizer, params) if opts.optimizer is not None else None
     loss_sink = Sink(Frame(-3, nn.Identity(), "(loss)", 0, None))  # the loss is not the model's work
 
-    def step(counting: OpCounter | None = None) -> Any:
+    def forward() -> Any:
         with autocast():
-            output = torch.func.functional_call(model, copies, args, kw, tie_weights=True, strict=False)
-            with counting.routed(loss_sink) if counting is not None else nullcontext():
-                return output, loss_fn(output)
+            if opts.autocast is not None and not torch.is_autocast_enabled(target.type):
+                raise InputError(f"autocast to {opts.autocast} is not available on {target.type}: "
+                                 "drop autocast, or use dtype=... instead")
+            try:
+                return torch.func.functional_call(model, copies, args, kw, tie_weights=True, strict=False)
+            except InspectorError:
+                raise
+            except MODEL_FAILURES as exc:
+                if "saved tensor hooks" in str(exc):
+                    raise UnsupportedModelError(
+                        "backward=True measures saved activations through autograd's saved-tensor hooks, which the "
+                        f"torch.func transforms (vmap, grad, jacrev...) inside this model's forward refuse "
+                        f"({first_line(exc)}): inspect it without backward=True") from exc
+                raise on_error(exc, "forward", None) from exc
+
+    def loss_of(output: Any, counting: OpCounter | None = None) -> torch.Tensor:
+        with autocast(), counting.routed(loss_sink) if counting is not None else nullcontext():
+            try:
+                loss = loss_fn(output)
+            except InspectorError:
+                raise
+            except MODEL_FAILURES as exc:
+                raise _loss_error(opts.loss_fn or default_loss, output, exc) from exc
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise InputError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                             + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+        return loss
 
     if optimizer is not None:  # warm-up, uncounted: the optimizer state every later step starts with
         guard_only = OpCounter([], counter.table, counter.convention, guard=counter.guard, track_memory=False,
                                meta=counter.meta, count=False, known=counter.known)
-        try:
-            with guard_only:
-                _, loss = step()
+        with guard_only:
+            loss = loss_of(forward())
+            try:
                 loss.backward()
                 optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        except InspectorError:
-            raise
-        except Exception as exc:
-            raise on_error(exc, "the warm-up step", None) from exc
+            except MODEL_FAILURES as exc:
+                raise on_error(exc, "the warm-up step", None) from exc
+        optimizer.zero_grad(set_to_none=True)
     inputs = tensor_leaves((args, kw))
     opt_state = _optimizer_tensors(optimizer)
     saved = SavedActivations(collector, _storage_keys(all_params + buffers + inputs))
     tracker = BackwardTracker(collector)
     baseline = _unique_bytes(all_params + buffers + inputs + opt_state)
     live = counter.live
+    collector.thread_contexts.append(lambda: torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack))
     try:
-        with collector.hooks(), counter:
-            try:
-                with collector.observing(tracker.after_call, tracker.before_call), \
-                        torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                    output, loss = step(counter)
-            except InspectorError:
-                raise
-            except Exception as exc:
-                raise on_error(exc, "forward", None) from exc
+        with collector.hooks(counter), counter:
+            with collector.observing(tracker.after_call, tracker.before_call), \
+                    torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                output = forward()
             forward_peak = live.peak
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise InputError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
+            loss = loss_of(output, counter)
             live.enter("backward")
             try:
                 with counter.routed(tracker), collector.redirected(tracker):
                     loss.backward()
             except InspectorError:
                 raise
-            except Exception as exc:
+            except MODEL_FAILURES as exc:
                 raise on_error(exc, "backward", tracker.frame()) from exc
             del output, loss
             grads = [p.grad for p in params if p.grad is not None]
@@ -335,10 +399,11 @@ def train_step(tree: ModelTree, args: tuple, kw: dict, collector: Collector, cou
                 try:
                     with counter.routed(Sink(Frame(-2, nn.Identity(), "(optimizer)", 0, None))):
                         optimizer.step()
-                except Exception as exc:
+                except MODEL_FAILURES as exc:
                     raise on_error(exc, "the optimizer step", None) from exc
     finally:
         tracker.remove()
+        collector.thread_contexts.clear()
     collection = collector.collection(counter, peak_bytes=forward_peak)
     memory = TrainingMemory(parameters=_unique_bytes(all_params),
                             gradients=gradient_bytes, optimizer_state=_unique_bytes(_optimizer_tensors(optimizer)),

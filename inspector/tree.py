@@ -26,11 +26,23 @@ _VALUES = operator.methodcaller("values")
 _PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")  # dicts, and TorchScript's dict wrappers
 
 
+def attribute(obj: object, name: str, default: object = None) -> object:
+    """``getattr(obj, name, default)`` that also survives a ``__getattr__`` raising something else
+    than AttributeError (a module delegating unknown names to a config dict raises KeyError)."""
+    try:
+        return getattr(obj, name, default)
+    except Exception:  # noqa: BLE001 - the model's own attribute code: the attribute is absent
+        return default
+
+
 def packed_weights(module: nn.Module) -> list[torch.Tensor]:
     """Weights a quantized layer keeps packed (not as Parameters): counted as frozen parameters."""
     if ".quantized" not in type(module).__module__:
         return []
-    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    weight_bias = attribute(module, "_weight_bias")
+    if callable(weight_bias) and isinstance(found := weight_bias(), dict):  # dynamic RNNs: packed per gate and layer
+        return [t for part in ("weight", "bias") for t in (found.get(part) or {}).values() if t is not None]
+    weight, bias = attribute(module, "weight"), attribute(module, "bias")
     if not callable(weight):
         return []
     tensors = [weight()]

@@ -199,16 +199,24 @@ def test_training_flags_are_restored_through_train():
     assert MODE_SEEN[id(model)] is False and not model.training and model.cache is not None
 
 
+#: What SeesItsFlag modules heard through __setattr__, kept outside the model (a list inside it is the
+#: model's own state, and comes back as it was).
+FLAG_LOG: dict[int, list[bool]] = {}
+
+
 class SeesItsFlag(nn.Module):
     """Keeps a log of every ``training`` assignment through its own __setattr__."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.log: list[bool] = []
         self.fc = nn.Linear(4, 4)
 
+    @property
+    def log(self) -> list[bool]:
+        return FLAG_LOG.setdefault(id(self), [])
+
     def __setattr__(self, name, value):
-        if name == "training" and "log" in self.__dict__:
+        if name == "training" and "fc" in self.__dict__.get("_modules", {}):
             self.log.append(value)
         super().__setattr__(name, value)
 
@@ -365,13 +373,13 @@ class _RaisesInForward(nn.Module):
         raise ValueError("boom")
 
 
-class _ChecksCollector(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.enabled_during: list[bool] = []
+#: What _ChecksCollector saw, kept outside the model (its own lists come back as they were).
+ENABLED_DURING: list[bool] = []
 
+
+class _ChecksCollector(nn.Module):
     def forward(self, x):
-        self.enabled_during.append(gc.isenabled())
+        ENABLED_DURING.append(gc.isenabled())
         return x * 2
 
 
@@ -380,8 +388,9 @@ def test_the_garbage_collector_is_paused_for_the_pass_and_given_back():
     raised; a caller who turned it off finds it off."""
     model = _ChecksCollector()
     assert gc.isenabled()
+    ENABLED_DURING.clear()
     inspect(model, torch.randn(2, 3))
-    assert model.enabled_during == [False] and gc.isenabled()
+    assert ENABLED_DURING == [False] and gc.isenabled()
     with pytest.raises(LayerError, match="boom"):
         inspect(_RaisesInForward(), torch.randn(2, 3))
     assert gc.isenabled()

@@ -128,8 +128,9 @@ def test_counting_on_meta_copies_gives_the_same_counts_and_leaves_the_model():
 
 
 def test_a_forward_that_needs_values_is_counted_on_the_device_instead():
-    """A forward that writes an attribute and then asks a value (.item()) fails on meta: the device
-    pass starts from the model as it was (the attribute written on meta taken back) and counts it."""
+    """A forward that writes an attribute and then asks the value of a result computed from the weights
+    (.item()) fails on meta, where only the inputs' values are known: the device pass starts from the model
+    as it was (the attribute written on meta taken back) and counts it."""
     from tests.conftest import assert_untouched, snapshot
 
     class Gate(torch.nn.Module):
@@ -140,7 +141,8 @@ def test_a_forward_that_needs_values_is_counted_on_the_device_instead():
         def forward(self, x):
             self.seen = getattr(self, "seen", 0) + 1  # a second pass would see 2 if the first stayed
             assert self.seen == 1, "the model was not given back between passes"
-            return self.fc(x) if x.sum().item() > -1e9 else x
+            y = self.fc(x)
+            return y if y.sum().item() > -1e9 else x
 
     model = Gate()
     before = snapshot(model)

@@ -21,6 +21,7 @@ from torch import nn
 
 from inspector.errors import InspectorError, NotAModuleError, UnknownModelError, first_line
 from inspector.sources import BuildOptions, ModelSpec, model_source
+from inspector.tree import attribute
 
 
 def _import_file(path: Path) -> Any:
@@ -37,6 +38,10 @@ def _import_file(path: Path) -> Any:
     sys.path.insert(0, str(path.resolve().parent))  # its own sibling imports
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # script code run at import: said, never obeyed
+        del sys.modules[module_name]
+        raise InspectorError(f"{path} called sys.exit({exc.code!r}) while being imported: put its script code under "
+                             "if __name__ == '__main__':") from None
     except SyntaxError as exc:
         del sys.modules[module_name]
         code = f": {exc.text.strip()}" if exc.text else ""
@@ -70,6 +75,9 @@ def _import_path(dotted: str) -> Any:
         sys.path.insert(0, cwd)
     try:
         return importlib.import_module(dotted)
+    except SystemExit as exc:
+        raise InspectorError(f"{dotted} called sys.exit({exc.code!r}) while being imported: put its script code under "
+                             "if __name__ == '__main__':") from None
     except ModuleNotFoundError as exc:
         raise UnknownModelError(f"cannot import {dotted!r}: {exc} (import paths are looked up from the current "
                                 f"directory, {cwd})") from None
@@ -114,6 +122,8 @@ def instantiate(obj: Any, spec: str) -> nn.Module:
     except TypeError as exc:
         raise InspectorError(f"{spec} could not be called with no arguments ({exc}); write a factory "
                              "function that builds it and name that instead") from None
+    except SystemExit as exc:
+        raise InspectorError(f"{spec}() called sys.exit({exc.code!r}) while building the model") from None
     if not isinstance(built, nn.Module):
         raise NotAModuleError(f"{spec}() returned a {type(built).__name__}, not a torch.nn.Module")
     return built
@@ -132,7 +142,7 @@ class PythonSource:
             return ModelSpec(name=label, module=module, input_size=options.input_size)
         if options.seq_len is not None:
             return ModelSpec(name=label, module=module, input_size=((options.batch or 1, options.seq_len), "int64"))
-        example = getattr(module, "example_input", None)
+        example = attribute(module, "example_input")
         if options.batch is not None and callable(example):
             try:
                 takes_batch = "batch" in inspect.signature(example).parameters
