@@ -158,8 +158,9 @@ def render(prompt: int, steps: int, llama: dict, moe: dict) -> str:
         "",
         "Wall time depends on what else the machine runs (the load average is the 1-minute one when the call "
         "ended); the process's CPU time is what the call itself took. For comparison, the same prefill and decode "
-        "steps run on meta without inspector (plain `model(...)` calls with the cache): inspector's fast meta "
-        "kernels (inspector/meta_fast.py) more than pay for its counting.", "",
+        "steps run on meta without inspector (plain `model(...)` calls with the cache): the difference of the two "
+        "CPU times is what counting adds to the passes themselves (inspector's fast meta kernels, "
+        "inspector/meta_fast.py, take back part of it).", "",
         "The roofline bounds use NVIDIA's datasheet figures (989 TFLOP/s dense float16, 3.35 TB/s), stated, not "
         "measured: no GPU was at hand. Decode is memory-bound: every step reads the weights it uses and the "
         "whole cache.",
