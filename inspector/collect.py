@@ -532,9 +532,12 @@ class OpCounter(TorchDispatchMode):
             else:
                 self._charge(self.stack[-1] if self.stack else self.outside, info, args, kwargs, out, False)
             if info.allocates and self.track_memory:
+                live = self.live
                 for t in out if isinstance(out, (tuple, list)) else (out,):
                     if isinstance(t, torch.Tensor):
-                        self.live.add(t)
+                        live.add(t)
+                if self.stack and live.now > self.stack[-1].peak_bytes:
+                    self.stack[-1].peak_bytes = live.now
         return out
 
     def _charge(self, frame: Frame, info: OpInfo, args: tuple, kwargs: dict | None, out: Any, backward: bool,
@@ -799,6 +802,11 @@ class Collector:
             frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent else 0,
                           parent.index if parent else None)
             self.frames.append(frame)
+        counter = self.counter
+        if counter is not None and counter.lock is not None:  # the live timeline, written under that lock
+            with counter.lock:
+                self.live.settle()
+                frame.start_bytes = frame.peak_bytes = self.live.now
         stack.append(frame)
 
     def _foreign_post(self, module: nn.Module, args: tuple, kwargs: Any, output: Any) -> None:
@@ -809,6 +817,8 @@ class Collector:
         if frame is None:
             return
         with self._lock:
+            if calls.stack and frame.peak_bytes > calls.stack[-1].peak_bytes:  # its caller, or the call it works for
+                calls.stack[-1].peak_bytes = frame.peak_bytes
             self._close(frame, args, kwargs, output)
 
     def _below(self, frame: Frame, ancestor: Frame) -> bool:

@@ -527,6 +527,14 @@ def test_work_on_other_threads_is_counted_where_it_belongs(options):
         assert branches.training == inspect(PoolBranches(threaded=False), x, **options).training
 
 
+def test_memory_on_other_threads_is_measured_where_it_belongs():
+    """A call run on a thread the forward started has its activation peak measured like any other (not
+    a quiet 0), and it reaches the call the thread worked for: 4 x 16 float32 per product."""
+    started = inspect(ThreadStarted(), torch.randn(4, 16))
+    assert started.layer("a").peak_bytes == 4 * 16 * 4  # its output, made on the worker thread
+    assert started.layer("").peak_bytes == 3 * 4 * 16 * 4  # y and z (worker) and their sum (the forward's thread)
+
+
 def test_model_calls_on_threads_the_forward_did_not_start_are_said():
     model = FedThroughAQueue()
     report = inspect(model, torch.randn(4, 16))
