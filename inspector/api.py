@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from inspector import adapters, build
 from inspector import inputs as inputs_mod
 from inspector import lazy as lazy_mod
-from inspector.borrow import Borrow, call, settle, substitute_state
+from inspector.borrow import Borrow, call, counted_call, settle, substitute_state
 from inspector.collect import Collection, Collector, Frame, OpCounter, tensor_leaves
 from inspector.culprit import raising_module
 from inspector.errors import (MODEL_FAILURES, InputError, InspectorError, MetaDeviceError, NotAModuleError,
@@ -397,12 +397,6 @@ def _timed(tree: ModelTree, args: tuple, kw: dict, frames: tuple[Frame, ...], ta
 
 def _forward(model: nn.Module, state: dict, args: tuple, kw: dict, collector: Collector, counter: OpCounter,
              target: torch.device) -> Collection:
-    with collector.hooks(counter), torch.no_grad():
-        try:
-            with counter:
-                call(model, state, args, kw)
-        except InspectorError:
-            raise
-        except MODEL_FAILURES as exc:
-            raise failure(exc, target, collector=collector, counter=counter) from exc
+    counted_call(model, state, args, kw, collector, counter,
+                 lambda exc: failure(exc, target, collector=collector, counter=counter))
     return collector.collection(counter)

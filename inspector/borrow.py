@@ -38,7 +38,7 @@ import math
 import operator
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -49,7 +49,7 @@ from torch.nn.modules import module as module_mod
 from torch.nn.utils import parametrize
 from torch.utils import _python_dispatch as dispatch
 
-from inspector.errors import MODEL_FAILURES, InputError, LayerError, first_line
+from inspector.errors import MODEL_FAILURES, InputError, InspectorError, LayerError, first_line
 from inspector.holdings import Classes, Containers, Tensors, gradients, put_back, unique
 from inspector.tree import ModelTree
 
@@ -96,6 +96,21 @@ def call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: 
     if not state:
         return model(*args, **kwargs)
     return torch.func.functional_call(model, state, args, kwargs, tie_weights=True, strict=False)
+
+
+def counted_call(model: nn.Module, state: dict[str, torch.Tensor], args: tuple, kwargs: dict, collector: Any,
+                 counter: Any, fail: Callable[[BaseException], Exception]) -> Any:
+    """``call`` without autograd, with ``collector``'s hooks on the modules and ``counter``'s dispatch
+    mode around it (see ``inspector.collect``): its output. A failure of the model's own code
+    becomes ``fail(exc)`` (raised from it); the tool's own errors pass as they are."""
+    with collector.hooks(counter), torch.no_grad():
+        try:
+            with counter:
+                return call(model, state, args, kwargs)
+        except InspectorError:
+            raise
+        except MODEL_FAILURES as exc:
+            raise fail(exc) from exc
 
 
 _TRAINING = operator.attrgetter("training")

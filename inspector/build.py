@@ -3,6 +3,7 @@ figures of every call (``inspector.figures``) and their inclusive sums, the clos
 inside the borrow, while the model is still lent; what it returns holds no module and no tensor."""
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from inspector import experts
 from inspector.closed_forms import evaluate, evaluate_backward
 from inspector.collect import Collection, Frame, nbytes as tensor_bytes
 from inspector.errors import first_line
-from inspector.figures import all_figures, fold, measured, whole_call
+from inspector.figures import all_figures, carry_up, complete, fold, measured
 from inspector.records import LayerRecord, OpStat
 from inspector.report import Report, Run, Timing, Training
 from inspector.tree import ModelTree
@@ -181,7 +182,7 @@ def _reparametrized(module: nn.Module) -> bool:
 
 
 def _stats(ops: dict[str, list[int]]) -> tuple[OpStat, ...]:
-    return tuple(OpStat(op, c, m) for op, (c, m) in ops.items())
+    return tuple([OpStat(op, c, m) for op, (c, m) in ops.items()]) if ops else ()
 
 
 def _merged(ops: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -192,6 +193,11 @@ def _merged(ops: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, 
         stat[0] += calls
         stat[1] += macs
     return out
+
+
+@functools.cache
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _config(module: nn.Module) -> str:
@@ -213,22 +219,6 @@ def _hook_macs(frames: Sequence[Frame]) -> list[int]:
     return [f.macs if inside[f.index] else f.hook_macs for f in frames]
 
 
-def _inclusive(frames: Sequence[Frame], own: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[bool]]:
-    """Every call's figures with its descendants' (sums carried up in one pass over the calls, derived
-    figures derived once at the end), and whether it has children."""
-    sums = [dict(values) for values in own]
-    has_children = [False] * len(frames)
-    whole = whole_call()  # measured over the whole call already: not summed
-    for f in reversed(frames):  # children come after their parent
-        if f.parent is not None:
-            parent, child = sums[f.parent], sums[f.index]
-            for name, value in child.items():
-                if value is not None and name not in whole:
-                    parent[name] = value if parent.get(name) is None else parent[name] + value
-            has_children[f.parent] = True
-    return [fold([s]) for s in sums], has_children
-
-
 def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, has: Callable[[str], bool],
             times: Any = None) -> tuple[tuple[LayerRecord, ...], tuple[tuple[str, int], ...], tuple[str, ...]]:
     """One record per call, the modules that never ran, and the notes of closed forms that could not
@@ -245,20 +235,25 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
     outside = own.pop()
     if frames:  # ops run outside every call (before the first hook, after the last) are the model's own
         own[0] = fold([own[0], outside])
-    own = [fold([values]) for values in own]  # derived figures
-    inclusive, has_children = _inclusive(frames, own)
+    links = [(f.index, f.parent) for f in frames if f.parent is not None]
+    inclusive = [complete(values) for values in carry_up(own, links)]
+    own = [complete(values) for values in own]  # derived figures
+    has_children = [False] * len(frames)
+    for _, parent in links:
+        has_children[parent] = True
     names = {id(m): name for name, m in tree.modules}
     notes: list[str] = []
     out = []
     numbering: dict[int, int] = {}  # id(module) -> its calls so far: the call number of each frame
     backward = has("training")
     unchecked: dict[tuple[str, str], list[str]] = {}  # (what, why) -> the calls it concerns
+    understood: dict[type, str | None] = {}  # layer type -> why its closed form does not describe it
     for f in frames:
         number = numbering[id(f.module)] = numbering.get(id(f.module), -1) + 1
         form = expected_bw = None
         reparam = _reparametrized(f.module)
         try:
-            form, why = evaluate(f.module, f.args, f.kwargs, f.outputs) if not f.failed else (None, None)
+            form, why = evaluate(f.module, f.args, f.kwargs, f.outputs, understood) if not f.failed else (None, None)
             if why is not None and not (reparam and form is not None):
                 what = f"{'closed form' if form is None else 'parameter count'} of {type(f.module).__name__}"
                 unchecked.setdefault((what, why), []).append(f.name or "(model)")
@@ -275,7 +270,7 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
         out.append(LayerRecord.make(
             index=f.index, name=f.name, type=type(f.module).__name__, depth=f.depth, parent=f.parent, call=number,
             is_leaf=not has_children[f.index], input_shapes=f.input_shapes,
-            input_dtypes=tuple(str(d).replace("torch.", "") for d in f.input_dtypes), output_shapes=f.outputs,
+            input_dtypes=tuple(map(_dtype_name, f.input_dtypes)), output_shapes=f.outputs,
             output_bytes=f.output_bytes, input_bytes=f.input_bytes, module_params=subtree[0], param_bytes=subtree[1],
             config=_config(f.module), expected_macs=None if form is None else form.macs,
             expected_params=None if form is None or reparam else form.params,

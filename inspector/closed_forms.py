@@ -84,8 +84,18 @@ def unknown_params(module: nn.Module, registered: type) -> list[str]:
     known = _SCOPES.get(registered, Scope()).params
     if known is None:
         return []
-    names = set(known(module) if callable(known) else known)
-    return [name for name, _ in module.named_parameters() if name not in names]
+    names = set(known(module)) if callable(known) else known
+    children = vars(module).get("_modules")
+    if children:  # its children's too (a shared tensor under its first name)
+        return [name for name, _ in module.named_parameters() if name not in names]
+    seen: set[int] = set()  # a leaf: its own parameters, each tensor once, as named_parameters gives them
+    out = []
+    for name, p in vars(module).get("_parameters", {}).items():
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            if name not in names:
+                out.append(name)
+    return out
 
 
 BackwardFn = Callable[[Any, ClosedForm, bool], int]
@@ -97,14 +107,22 @@ def closed_form_backward(*types: type) -> Callable[[BackwardFn], BackwardFn]:
     return BACKWARD_FORMS.register(*types)
 
 
-def evaluate(module: nn.Module, args: tuple, kwargs: dict, out: tuple) -> tuple[ClosedForm | None, str | None]:
+def evaluate(module: nn.Module, args: tuple, kwargs: dict, out: tuple,
+             memo: dict[type, str | None] | None = None) -> tuple[ClosedForm | None, str | None]:
     """The closed form of one call, and why it is missing or partial (None: complete, or no form
     registered): a forward it does not describe (no form), parameters it does not know (no
-    parameter count)."""
-    registered = CLOSED_FORMS.lookup_key(type(module))
+    parameter count). ``memo``: the answers of ``not_understood`` by layer type, for a caller that
+    evaluates many calls of the same model at once."""
+    cls = type(module)
+    registered = CLOSED_FORMS.lookup_key(cls)
     if registered is None:
         return None, None
-    reason = not_understood(module, registered)
+    if memo is None:
+        reason = not_understood(module, registered)
+    elif cls in memo:
+        reason = memo[cls]
+    else:
+        reason = memo[cls] = not_understood(module, registered)
     if reason is not None:
         return None, reason
     form = CLOSED_FORMS.get(registered)(module, args, kwargs, out)  # type: ignore[misc]

@@ -709,20 +709,38 @@ class Collector:
         if key in self.special:
             name = self._special_pre(module, name)
         stack = self.stack
-        frames = self.frames
-        if stack:
-            parent = stack[-1]
-            frame = Frame(len(frames), module, name, parent.depth + 1, parent.index)
+        counter = self.counter
+        if counter is not None and counter.lock is not None:  # other threads add frames and live bytes too
+            frame = self._open_shared(module, name, counter.lock)
         else:
-            frame = Frame(len(frames), module, name, 0, None)
-        frames.append(frame)
+            frames = self.frames
+            if stack:
+                parent = stack[-1]
+                frame = Frame(len(frames), module, name, parent.depth + 1, parent.index)
+            else:
+                frame = Frame(len(frames), module, name, 0, None)
+            frames.append(frame)
+            live = self.live
+            live.settle()
+            frame.start_bytes = frame.peak_bytes = live.now
         stack.append(frame)
-        live = self.live
-        live.settle()
-        frame.start_bytes = frame.peak_bytes = live.now
         if self._starting:
             for callback in self._starting:
                 callback(frame, args)
+
+    def _open_shared(self, module: nn.Module, name: str, live_lock: threading.Lock) -> Frame:
+        """``_pre``'s frame while the forward's work also runs on other threads: its index taken and
+        the frame listed under the collector's lock, its start read from the live timeline under the
+        counter's (as ``_foreign_pre`` does; the two locks are never held together)."""
+        parent = self.stack[-1] if self.stack else None
+        with self._lock:
+            frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent else 0,
+                          parent.index if parent else None)
+            self.frames.append(frame)
+        with live_lock:
+            self.live.settle()
+            frame.start_bytes = frame.peak_bytes = self.live.now
+        return frame
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
         """A module reachable under several names, or an RNN counted as its fused op."""
@@ -747,7 +765,10 @@ class Collector:
         if frame is None:
             return  # a call claimed elsewhere (recomputation), or never pushed
         if stack and frame.peak_bytes > stack[-1].peak_bytes:
-            stack[-1].peak_bytes = frame.peak_bytes
+            if self.counter is not None and self.counter.lock is not None:  # other threads raise peaks too
+                self._raise_peak(stack[-1], frame.peak_bytes, self.counter.lock)
+            else:
+                stack[-1].peak_bytes = frame.peak_bytes
         if self._fused and id(module) in self.fused_rnn:
             self._fused.pop().__exit__(None, None, None)
         self._close(frame, args, kwargs, output)
@@ -816,10 +837,20 @@ class Collector:
         frame = _pop(calls.stack, module, calls.floor)
         if frame is None:
             return
+        if calls.stack:  # its caller, or the call it works for
+            counter = self.counter
+            self._raise_peak(calls.stack[-1], frame.peak_bytes,
+                             counter.lock if counter is not None and counter.lock is not None else self._lock)
         with self._lock:
-            if calls.stack and frame.peak_bytes > calls.stack[-1].peak_bytes:  # its caller, or the call it works for
-                calls.stack[-1].peak_bytes = frame.peak_bytes
             self._close(frame, args, kwargs, output)
+
+    @staticmethod
+    def _raise_peak(caller: Frame, peak: int, lock: threading.Lock) -> None:
+        """``caller``'s peak raised to ``peak`` under the lock the counters' twins write peaks under
+        (the live timeline's): a call's peak is written from several threads."""
+        with lock:
+            if peak > caller.peak_bytes:
+                caller.peak_bytes = peak
 
     def _below(self, frame: Frame, ancestor: Frame) -> bool:
         while frame.parent is not None:

@@ -71,6 +71,7 @@ class _Tables:
     derived_names: frozenset[str]
     derived: tuple[Figure, ...]
     whole_call: frozenset[str]  # figures folded as "call"
+    summed: tuple[str, ...]     # measured figures folded as "sum"
 
 
 _CACHE: dict[int, _Tables] = {}
@@ -84,8 +85,10 @@ def _tables() -> _Tables:
         _CACHE.clear()
         figures = tuple(FIGURES.table.values())
         derived = tuple(f for f in figures if f.derive is not None)
-        found = _CACHE[FIGURES.version] = _Tables(figures, frozenset(f.name for f in derived), derived,
-                                                   frozenset(f.name for f in figures if f.fold == "call"))
+        found = _CACHE[FIGURES.version] = _Tables(
+            figures, frozenset(f.name for f in derived), derived,
+            frozenset(f.name for f in figures if f.fold == "call"),
+            tuple(f.name for f in figures if f.measure is not None and f.fold == "sum"))
     return found
 
 
@@ -110,7 +113,29 @@ def measured(calls: Iterable[Any], has: Callable[[str], bool]) -> list[dict[str,
     """Each call's measured figures (None where the part that measures one did not run)."""
     active = [(f.name, f.measure) for f in all_figures() if f.measure is not None and has(f.needs)]
     idle = {f.name: None for f in all_figures() if f.measure is not None and not has(f.needs)}
-    return [{**idle, **{name: fn(call) for name, fn in active}} for call in calls]
+    out = []
+    for call in calls:
+        values = dict(idle)
+        for name, fn in active:
+            values[name] = fn(call)
+        out.append(values)
+    return out
+
+
+def carry_up(values: list[dict[str, Value]], parents: Iterable[tuple[int, int]]) -> list[dict[str, Value]]:
+    """Each call's measured figures with its descendants': ``parents`` lists (child, parent) index
+    pairs, every child after its parent in the calls, so one pass from the end carries every sum up.
+    Figures measured over a whole call are not summed (the call measured them already)."""
+    sums = [dict(v) for v in values]
+    summed = _tables().summed
+    for child, parent in reversed(list(parents)):
+        mine, theirs = sums[child], sums[parent]
+        for name in summed:
+            value = mine.get(name)
+            if value is not None:
+                held = theirs.get(name)
+                theirs[name] = value if held is None else held + value
+    return sums
 
 
 def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
@@ -135,10 +160,18 @@ def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
 
 def complete(values: Mapping[str, Value]) -> dict[str, Value]:
     """``values`` with every derived figure added (derived from the measured ones, in registry order)."""
-    out = _Values(values)
-    for f in _tables().derived:
-        out[f.name] = f.derive(out)
-    return dict(out)
+    derived = _tables().derived
+    out = dict(values)
+    try:  # every figure a derivation reads is there: the common case, one dict
+        for f in derived:
+            out[f.name] = f.derive(out)
+        return out
+    except KeyError:
+        pass
+    slow = _Values(values)
+    for f in derived:
+        slow[f.name] = f.derive(slow)
+    return dict(slow)
 
 
 class _Values(dict):

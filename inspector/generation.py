@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from inspector import build, experts
-from inspector.borrow import call
+from inspector.borrow import counted_call
 from inspector.collect import Collection, Collector, OpCounter
-from inspector.errors import MODEL_FAILURES, InputError, InspectorError, MetaDeviceError
+from inspector.errors import InputError, InspectorError, MetaDeviceError
 from inspector.meta_values import Known
 from inspector.options import Options
 from inspector.report import Generation, Report, Run
@@ -212,14 +212,8 @@ def _count(tree: ModelTree, state: dict, inputs: dict[str, Any], target: torch.d
     collector = Collector(tree)
     counter = OpCounter(collector.stack, opts.table, opts.convention, guard=guard, meta=target.type == "meta",
                         live=collector.live, known=known)
-    with collector.hooks(counter), torch.no_grad():
-        try:
-            with counter:
-                out = call(tree.model, state, (), inputs)
-        except InspectorError:
-            raise
-        except MODEL_FAILURES as exc:
-            raise fail(collector, counter, exc, phase) from exc
+    out = counted_call(tree.model, state, (), inputs, collector, counter,
+                       lambda exc: fail(collector, counter, exc, phase))
     return out, collector.collection(counter)
 
 

@@ -21,6 +21,7 @@ class Registry(Generic[K, F]):
         self.what = what
         self._table: dict[K, F] = {}
         self._by_type: dict[type, F | None] = {}  # lookup_type's answers; cleared on register
+        self._key_by_type: dict[type, K | None] = {}  # lookup_key's answers; cleared on register
         self.version = 0  # bumped by every change: what readers cache their derived tables by
 
     def register(self, *keys: K) -> Callable[[F], F]:
@@ -29,17 +30,21 @@ class Registry(Generic[K, F]):
                 if key in self._table:
                     raise RegistryError(f"{self.what}: {key!r} is already registered")
                 self._table[key] = fn
-            self._by_type.clear()
-            self.version += 1
+            self._forget()
             return fn
         return bind
 
     def remove(self, key: K) -> F:
         """Take ``key`` out (a plugin replacing an entry, a test's throwaway one); KeyError if absent."""
         fn = self._table.pop(key)
-        self._by_type.clear()
-        self.version += 1
+        self._forget()
         return fn
+
+    def _forget(self) -> None:
+        """Drop the answers worked out from the table as it was (it changed)."""
+        self._by_type.clear()
+        self._key_by_type.clear()
+        self.version += 1
 
     @property
     def table(self) -> dict[K, F]:
@@ -59,7 +64,11 @@ class Registry(Generic[K, F]):
 
     def lookup_key(self, cls: type) -> K | None:
         """The key ``lookup_type`` finds for ``cls``: ``cls`` itself or its nearest registered base."""
-        return next((b for b in cls.__mro__ if b in self._table), None)  # type: ignore[return-value]
+        if cls in self._key_by_type:
+            return self._key_by_type[cls]
+        found = next((b for b in cls.__mro__ if b in self._table), None)
+        self._key_by_type[cls] = found
+        return found  # type: ignore[return-value]
 
     def __contains__(self, key: object) -> bool:
         return key in self._table

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from inspector import InputError, InspectorError, LayerError, UnsupportedModelError, inspect
+from inspector import collect as collect_mod
 from inspector.borrow import LOCK
 from inspector.cli import main
 from tests.conftest import assert_untouched, differences, optimizer_snapshot, snapshot
@@ -533,6 +535,57 @@ def test_memory_on_other_threads_is_measured_where_it_belongs():
     started = inspect(ThreadStarted(), torch.randn(4, 16))
     assert started.layer("a").peak_bytes == 4 * 16 * 4  # its output, made on the worker thread
     assert started.layer("").peak_bytes == 3 * 4 * 16 * 4  # y and z (worker) and their sum (the forward's thread)
+
+
+class BusyOnBothThreads(nn.Module):
+    """Calls its own small layers on the forward's thread while a thread it started calls others."""
+
+    def __init__(self, n: int = 60) -> None:
+        super().__init__()
+        self.mine = nn.ModuleList(nn.Linear(4, 4) for _ in range(n))
+        self.theirs = nn.ModuleList(nn.Linear(4, 4) for _ in range(n))
+
+    def forward(self, x):
+        out = {}
+
+        def work():
+            y = x
+            for layer in self.theirs:
+                y = layer(y)
+            out["y"] = y
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        z = x
+        for layer in self.mine:
+            z = layer(z)
+        worker.join()
+        return z + out["y"]
+
+
+def test_calls_opened_on_two_threads_at_once_keep_their_places(monkeypatch):
+    """The forward's thread and a thread it started open calls at the same time: the forward's
+    thread is made to pause while it makes each call's frame (the worst moment for the other thread
+    to open one). Every call keeps the index of its place and a parent above it, and every layer's
+    4 x 4 x 4 MACs land on its own row."""
+    forward_thread = threading.get_ident()
+
+    class SlowFrame(collect_mod.Frame):
+        __slots__ = ()
+
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            if threading.get_ident() == forward_thread:
+                time.sleep(2e-4)  # the worker runs meanwhile
+
+    monkeypatch.setattr(collect_mod, "Frame", SlowFrame)
+    for _ in range(3):
+        report = inspect(BusyOnBothThreads(), torch.randn(4, 4))
+        assert [r.index for r in report.layers] == list(range(len(report.layers)))
+        assert all(r.parent is None or r.parent < r.index for r in report.layers)
+        leaves = [r for r in report.layers if r.type == "Linear"]
+        assert len(leaves) == 120 and all(r.macs == 4 * 4 * 4 for r in leaves)
+        assert report.crosscheck() == [] and report.total_macs == 120 * 64
 
 
 def test_model_calls_on_threads_the_forward_did_not_start_are_said():
