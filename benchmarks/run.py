@@ -190,17 +190,17 @@ def _interleaved(model, x, fns: dict[str, Callable], repeat: int, sync: Callable
 
 
 def _heaviest_block(report) -> str:
-    """The block timed alone: the heaviest module call that takes at most half the profiled pass and
-    is its module's only call (a stage, an encoder layer), so that alone it shows a share of the pass
-    worth checking (a depth-1 ``features`` holding 99% of it checks little); the heaviest depth-1 call
-    when no call qualifies."""
-    calls = [r for r in report.layers if r.name and r.inclusive_time_ms is not None]
+    """The block timed alone: the call with the most MACs among those holding at most half the model's
+    and being their module's only call (a stage, an encoder layer). Chosen by its work, not by its
+    measured time: the call one profiled pass over-charged would otherwise be the one checked (vit_b_16's
+    twelve alike encoder layers were charged 7.5-9.7% each in one pass); and not a depth-1 ``features``
+    holding 99% of the pass, which checks little. The heaviest depth-1 call when none qualifies."""
+    calls = [r for r in report.layers if r.name and r.inclusive_macs is not None]
     repeated = {r.name for r in calls if r.call > 0}
-    half = report.timing.profiled_ms / 2
-    fits = [r for r in calls if r.name not in repeated and r.inclusive_time_ms <= half]
+    fits = [r for r in calls if r.name not in repeated and r.inclusive_macs <= report.total_macs / 2]
     if not fits:
         fits = [r for r in calls if r.depth == 1]
-    return max(fits, key=lambda r: r.inclusive_time_ms).name
+    return max(fits, key=lambda r: r.inclusive_macs).name
 
 
 def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tuple[float, float]:
@@ -232,7 +232,7 @@ def _layer_timing(name: str, model, x, repeat: int, batch: int, rows: list, verd
                   sync: Callable[[], None]) -> None:
     """inspect()'s profiled per-call times on ``x``'s device: the plain synchronised forward beside the
     profiled pass (its overhead), busy and idle time, whether the calls' times add up to the pass
-    exactly, and the heaviest block of at most half the pass timed alone against its attribution: in milliseconds (the
+    exactly, and the block chosen by its MACs (``_heaviest_block``) timed alone against its attribution: in ms (the
     profiled pass carries the profiler's own cost per op) and as a share of its pass (the block's share of
     the profiled pass against its share of a plain forward timed beside it, which cancels that cost and
     the machine's drift between the two measurements)."""
@@ -424,8 +424,8 @@ def main() -> None:
                          "inspect(timing=True): the plain synchronised forward (median, no hooks, no profiler) beside the "
                          "profiled pass (the one with the median span: first launch to last activity end) and its overhead "
                          "(profiled / plain − 1); busy and idle time of the device within it; whether the calls' busy + "
-                         "idle add up to the pass exactly; the heaviest block that takes at most half the pass (and is "
-                         "its module's only call) run alone on its recorded inputs "
+                         "idle add up to the pass exactly; the call with the most MACs among those with at most half the "
+                         "model's (and the only call of their module) run alone on its recorded inputs "
                          "(median of synchronised runs, alternating with whole plain forwards) against the time the "
                          "profiled pass attributed to it, in milliseconds and as a share of the pass (the block's share "
                          "of the profiled pass against its share of the plain forwards timed beside it: the profiler's "
