@@ -711,7 +711,7 @@ class Collector:
         stack = self.stack
         counter = self.counter
         if counter is not None and counter.lock is not None:  # other threads add frames and live bytes too
-            frame = self._open_shared(module, name, counter.lock)
+            frame = self._open_shared(module, name, stack, counter.lock)
         else:
             frames = self.frames
             if stack:
@@ -728,18 +728,21 @@ class Collector:
             for callback in self._starting:
                 callback(frame, args)
 
-    def _open_shared(self, module: nn.Module, name: str, live_lock: threading.Lock) -> Frame:
-        """``_pre``'s frame while the forward's work also runs on other threads: its index taken and
-        the frame listed under the collector's lock, its start read from the live timeline under the
-        counter's (as ``_foreign_pre`` does; the two locks are never held together)."""
-        parent = self.stack[-1] if self.stack else None
+    def _open_shared(self, module: nn.Module, name: str, stack: list[Frame],
+                     live_lock: threading.Lock | None) -> Frame:
+        """A call's frame while the forward's work runs on several threads (``stack``: the calling
+        thread's open calls): its index taken and the frame listed under the collector's lock, its
+        start read from the live timeline under ``live_lock``, the counters' (the two locks are never
+        held together)."""
+        parent = stack[-1] if stack else None
         with self._lock:
             frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent else 0,
                           parent.index if parent else None)
             self.frames.append(frame)
-        with live_lock:
-            self.live.settle()
-            frame.start_bytes = frame.peak_bytes = self.live.now
+        if live_lock is not None:
+            with live_lock:
+                self.live.settle()
+                frame.start_bytes = frame.peak_bytes = self.live.now
         return frame
 
     def _special_pre(self, module: nn.Module, name: str) -> str:
@@ -818,17 +821,8 @@ class Collector:
         stack = calls.stack
         if id(module) in self.shared:
             name = self._name(module, name, stack)
-        with self._lock:
-            parent = stack[-1] if stack else None
-            frame = Frame(len(self.frames), module, name, parent.depth + 1 if parent else 0,
-                          parent.index if parent else None)
-            self.frames.append(frame)
         counter = self.counter
-        if counter is not None and counter.lock is not None:  # the live timeline, written under that lock
-            with counter.lock:
-                self.live.settle()
-                frame.start_bytes = frame.peak_bytes = self.live.now
-        stack.append(frame)
+        stack.append(self._open_shared(module, name, stack, counter.lock if counter is not None else None))
 
     def _foreign_post(self, module: nn.Module, args: tuple, kwargs: Any, output: Any) -> None:
         calls = self.threads.get(_get_ident())
