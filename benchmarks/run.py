@@ -20,6 +20,7 @@ import io
 import math
 import platform
 import pstats
+import statistics
 import subprocess
 import sys
 import time
@@ -205,8 +206,9 @@ def _heaviest_block(report) -> str:
 
 def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tuple[float, float]:
     """The block ``name`` run alone on the inputs it received in a plain forward, and the whole plain
-    forward, alternately (so both see the machine alike): the medians of ``repeat`` synchronised runs of
-    each after 3 warm-ups (perf_counter; on a GPU, synchronised around each)."""
+    forward, alternately (so both see the machine alike): the means of the middle half of ``repeat``
+    synchronised runs of each after 3 warm-ups (perf_counter; on a GPU, synchronised around each), as
+    inspect() averages its passes."""
     block = model.get_submodule(name)
     seen: list[tuple] = []
     handle = block.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)) if not seen
@@ -225,7 +227,14 @@ def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tup
                 sync()
                 if i >= 3:
                     times.append(time.perf_counter() - start)
-    return 1e3 * sorted(alone)[len(alone) // 2], 1e3 * sorted(whole)[len(whole) // 2]
+    return 1e3 * _middle_mean(alone), 1e3 * _middle_mean(whole)
+
+
+def _middle_mean(values: list[float]) -> float:
+    """The mean of the middle half of ``values`` (a quarter dropped at each end)."""
+    ordered = sorted(values)
+    cut = len(ordered) // 4
+    return statistics.fmean(ordered[cut:len(ordered) - cut])
 
 
 def _layer_timing(name: str, model, x, repeat: int, batch: int, rows: list, verdicts: dict[str, list[str]],
@@ -421,12 +430,13 @@ def main() -> None:
                      tabulate(dev_rows, ["model", "published GMACs", "inspector", *peers], "github"), ""]
         if timing_rows:
             sections += ["## Per-call times from the profiler", "",
-                         "inspect(timing=True): the plain synchronised forward (median, no hooks, no profiler) beside the "
-                         "profiled pass (the one with the median span: first launch to last activity end) and its overhead "
+                         "inspect(timing=True): the plain synchronised forward (no hooks, no profiler) beside the profiled "
+                         "pass (first launch to last activity end) and its overhead, each the mean of the middle half of "
+                         "the passes (per-call times are those passes' means) "
                          "(profiled / plain − 1); busy and idle time of the device within it; whether the calls' busy + "
                          "idle add up to the pass exactly; the call with the most MACs among those with at most half the "
                          "model's (and the only call of their module) run alone on its recorded inputs "
-                         "(median of synchronised runs, alternating with whole plain forwards) against the time the "
+                         "(mean of the middle half of synchronised runs, alternating with whole plain forwards) against the time the "
                          "profiled pass attributed to it, in milliseconds and as a share of the pass (the block's share "
                          "of the profiled pass against its share of the plain forwards timed beside it: the profiler's "
                          "own cost per op and the machine's drift between measurements cancel).", "",

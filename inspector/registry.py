@@ -20,8 +20,7 @@ class Registry(Generic[K, F]):
     def __init__(self, what: str) -> None:
         self.what = what
         self._table: dict[K, F] = {}
-        self._by_type: dict[type, F | None] = {}  # lookup_type's answers; cleared on register
-        self._key_by_type: dict[type, K | None] = {}  # lookup_key's answers; cleared on register
+        self._key_by_type: dict[type, K | None] = {}  # lookup_key's answers; cleared on every change
         self.version = 0  # bumped by every change: what readers cache their derived tables by
 
     def register(self, *keys: K) -> Callable[[F], F]:
@@ -42,7 +41,6 @@ class Registry(Generic[K, F]):
 
     def _forget(self) -> None:
         """Drop the answers worked out from the table as it was (it changed)."""
-        self._by_type.clear()
         self._key_by_type.clear()
         self.version += 1
 
@@ -56,18 +54,15 @@ class Registry(Generic[K, F]):
 
     def lookup_type(self, cls: type) -> F | None:
         """The function registered for ``cls`` or its nearest registered base class."""
-        if cls in self._by_type:
-            return self._by_type[cls]
-        found = next((self._table[b] for b in cls.__mro__ if b in self._table), None)  # type: ignore[index]
-        self._by_type[cls] = found
-        return found
+        key = self.lookup_key(cls)
+        return None if key is None else self._table[key]
 
     def lookup_key(self, cls: type) -> K | None:
-        """The key ``lookup_type`` finds for ``cls``: ``cls`` itself or its nearest registered base."""
+        """The key registered for ``cls``: ``cls`` itself or its nearest registered base (None: none)."""
         if cls in self._key_by_type:
             return self._key_by_type[cls]
         found = next((b for b in cls.__mro__ if b in self._table), None)
-        self._key_by_type[cls] = found
+        self._key_by_type[cls] = found  # type: ignore[assignment]
         return found  # type: ignore[return-value]
 
     def __contains__(self, key: object) -> bool:

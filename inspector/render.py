@@ -312,10 +312,10 @@ def _roofline_summary(report: Any) -> str:
 
 def _timing_lines(report: Any) -> list[str]:
     t = report.timing
-    lines = [f"Timing ({t.device}): plain forward {t.forward_ms:.3f} ms (median of {t.repeat})"]
+    lines = [f"Timing ({t.device}): plain forward {t.forward_ms:.3f} ms (mean of the middle half of {t.repeat})"]
     if t.profiled_ms is not None:
         verdict = "; launch-bound: the device waited for the host most of the pass" if t.launch_bound else ""
-        lines[0] += (f"; profiled pass {t.profiled_ms:.3f} ms (+{100 * t.overhead:.1f}% measuring overhead) = busy "
+        lines[0] += (f"; profiled pass {t.profiled_ms:.3f} ms ({100 * t.overhead:+.1f}% measuring overhead) = busy "
                      f"{t.busy_ms:.3f} + idle {t.idle_ms:.3f} ms, shared out among the calls{verdict}")
     if t.note:
         lines.append(f"Timing: {t.note}")

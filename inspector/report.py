@@ -65,7 +65,7 @@ class Timing:
     device: str
     repeat: int
     warmup: int
-    forward_ms: float                 # median of plain forwards: no hooks, no profiler (synchronised on a GPU)
+    forward_ms: float                 # plain forwards (no hooks, no profiler; synchronised on a GPU), middle half's mean
     profiled_ms: float | None = None  # the profiled pass, from the first launch to the last activity's end
     busy_ms: float | None = None      # the device busy within it (kernels on a GPU; top-level ops on a CPU)
     idle_ms: float | None = None      # the device waiting for the host within it

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -249,25 +249,50 @@ class CallTimes:
     host_ms: tuple[float | None, ...]
 
 
+def _middle(values: list[Any], key: Callable[[Any], float]) -> list[Any]:
+    """The middle half of ``values`` by ``key`` (a quarter dropped at each end, at least one kept): one
+    pass slowed by the machine, or one that ran unusually fast, does not move the figures."""
+    ordered = sorted(values, key=key)
+    cut = len(ordered) // 4
+    return ordered[cut:len(ordered) - cut]
+
+
+def _mean_pass(passes: list[Attribution]) -> Attribution:
+    """The per-call mean of several passes' attributions: means of sums are sums of means, so the calls'
+    busy and idle times still add up to the (mean) span."""
+    n = len(passes)
+
+    def mean(values: Iterable[float]) -> float:
+        return sum(values) / n
+
+    def per_call(field: str) -> tuple[float, ...]:
+        return tuple(mean(column) for column in zip(*(getattr(p, field) for p in passes)))
+
+    return Attribution(busy=per_call("busy"), idle=per_call("idle"), host=per_call("host"), span_start=0.0,
+                       span_end=mean(p.span for p in passes), outside_busy=mean(p.outside_busy for p in passes),
+                       outside_idle=mean(p.outside_idle for p in passes))
+
+
 def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: int, warmup: int,
                device: torch.device, on_error: Callable[[nn.Module | None, BaseException], Exception] | None = None
                ) -> tuple[CallTimes, Timing]:
-    """Per-call times of the profiled pass with the median span among ``repeat`` (after ``warmup``),
-    and the median of as many plain passes beside it. ``calls`` is the number of calls the counted
-    pass made; a pass whose calls differ (control flow) cannot be matched and is left out. A pass
-    that raises is turned into ``on_error(module, exc)`` (the module whose call raised)."""
+    """Per-call times averaged over the middle half (by span) of ``repeat`` profiled passes (after
+    ``warmup``), and the plain forward, averaged alike over as many plain passes run alternately with
+    them (so that the overhead is not the machine's drift between two stretches of passes).
+    ``calls`` is the number of calls the counted pass made; a pass whose calls differ (control flow)
+    cannot be matched and is left out. A pass that raises is turned into ``on_error(module, exc)`` (the
+    module whose call raised)."""
     plain: list[float] = []
-    passes: list[ProfiledPass] = []
+    passes: list[Attribution] = []
     try:
         with torch.no_grad():
-            for i in range(warmup + repeat):
+            for i in range(warmup + repeat):  # alternately, so that both see the machine alike
                 elapsed = _seconds(run, device)
+                profiled = _profiled(tree, run, device)
                 if i >= warmup:
                     plain.append(elapsed * 1e3)
-            for i in range(warmup + repeat):
-                profiled = _profiled(tree, run, device)
-                if i >= warmup and profiled.calls == calls:
-                    passes.append(profiled)
+                    if profiled.calls == calls:
+                        passes.append(profiled.attribution)
     except _Failed as failed:
         if on_error is None:
             raise failed.exc from None
@@ -276,13 +301,13 @@ def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: i
         if on_error is None:
             raise
         raise on_error(None, exc) from exc
-    forward_ms = statistics.median(plain)
+    forward_ms = statistics.fmean(_middle(plain, key=float))
     if not passes:
         return CallTimes((None,) * calls, (None,) * calls, (None,) * calls), Timing(
             device=str(device), repeat=repeat, warmup=warmup, forward_ms=forward_ms, profiled_ms=None,
             busy_ms=None, idle_ms=None, note="every profiled pass made other calls than the counted one "
                                              "(control flow): no per-call times")
-    chosen = sorted(passes, key=lambda p: p.attribution.span)[len(passes) // 2].attribution
+    chosen = _mean_pass(_middle(passes, key=lambda p: p.span))
     busy, idle = list(chosen.busy), list(chosen.idle)
     if calls:  # work launched outside every call (before the model's pre-hook, after its post-hook) is its own
         busy[0] += chosen.outside_busy

@@ -133,6 +133,42 @@ def test_cpu_times_add_up_to_the_profiled_pass_exactly():
     assert r.to_dict()["timing"]["overhead"] == t.overhead
 
 
+def test_per_call_times_are_the_mean_of_the_middle_passes(monkeypatch):
+    """Two warm-ups, then six profiled passes of two calls with spans 1, 5, 2, 6, 4, 7 ms: a quarter at
+    each end (1 and 7) is dropped and the middle four (2, 4, 5, 6) are averaged call by call; the means
+    add up to the mean span. The plain passes, run alternately with them, are averaged alike (0.1 and
+    3.0 dropped)."""
+    import inspector.timing as timing
+
+    def one_pass(s: float) -> timing.ProfiledPass:  # the model's call (0..s) runs an inner call (0..s/2)
+        return timing.ProfiledPass(2, attribute([(0, s), (0, s / 2)], [
+            Activity(0, s / 2, 0),                 # launched inside the inner call: busy in call 1
+            Activity(s / 2, s, 3 * s / 4)]))       # launched after it, by the outer call: busy in call 0
+
+    passes = iter([one_pass(s) for s in (3.0, 80.0, 1.0, 5.0, 2.0, 6.0, 4.0, 7.0)])
+    plain = iter([0.5, 50.0, 1.0, 1.5, 2.0, 0.1, 2.5, 3.0])  # seconds, one before each profiled pass
+    order: list[str] = []
+
+    def profiled(tree, run, device):
+        order.append("profiled")
+        return next(passes)
+
+    def plain_pass(run, device):
+        order.append("plain")
+        return next(plain)
+
+    monkeypatch.setattr(timing, "_profiled", profiled)
+    monkeypatch.setattr(timing, "_seconds", plain_pass)
+    times, t = timing.time_calls(None, lambda: None, calls=2, repeat=6, warmup=2, device=torch.device("cpu"))
+    assert order == ["plain", "profiled"] * 8  # alternately: both see the machine alike
+    mean = (2.0 + 4.0 + 5.0 + 6.0) / 4
+    assert t.profiled_ms == pytest.approx(mean)
+    assert t.forward_ms == pytest.approx(1e3 * (1.0 + 1.5 + 2.0 + 2.5) / 4)
+    assert times.busy_ms == (pytest.approx(mean / 2), pytest.approx(mean / 2))
+    assert sum(times.busy_ms) + sum(times.idle_ms) == pytest.approx(t.profiled_ms, rel=1e-12)
+    assert (t.busy_ms, t.idle_ms) == (pytest.approx(mean), pytest.approx(0.0))
+
+
 def test_the_profiler_keeps_quiet(capfd):
     inspect(nn.Linear(8, 8), torch.randn(2, 8), timing=True, repeat=2, warmup=1, peak=None)
     assert capfd.readouterr().err == ""  # Kineto's own start/stop lines are not the user's business
