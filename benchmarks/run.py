@@ -204,11 +204,12 @@ def _heaviest_block(report) -> str:
     return max(fits, key=lambda r: r.inclusive_macs).name
 
 
-def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tuple[float, float]:
+def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tuple[float, float, tuple[float, float]]:
     """The block ``name`` run alone on the inputs it received in a plain forward, and the whole plain
     forward, alternately (so both see the machine alike): the means of the middle half of ``repeat``
     synchronised runs of each after 3 warm-ups (perf_counter; on a GPU, synchronised around each), as
-    inspect() averages its passes."""
+    inspect() averages its passes. Also the quartiles of the block's share in each pair (alone / whole):
+    how much that reference itself moves from run to run on this machine."""
     block = model.get_submodule(name)
     seen: list[tuple] = []
     handle = block.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)) if not seen
@@ -227,7 +228,9 @@ def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tup
                 sync()
                 if i >= 3:
                     times.append(time.perf_counter() - start)
-    return 1e3 * _middle_mean(alone), 1e3 * _middle_mean(whole)
+    shares = sorted(a / w for a, w in zip(alone, whole))
+    quartiles = (shares[len(shares) // 4], shares[(3 * len(shares)) // 4])
+    return 1e3 * _middle_mean(alone), 1e3 * _middle_mean(whole), quartiles
 
 
 def _middle_mean(values: list[float]) -> float:
@@ -249,7 +252,7 @@ def _layer_timing(name: str, model, x, repeat: int, batch: int, rows: list, verd
     t = r.timing
     exact = abs(sum(rec.time_ms for rec in r.layers) - t.profiled_ms) <= 1e-9 * t.profiled_ms
     block = _heaviest_block(r)
-    alone, whole = _alone_ms(model, x, block, max(repeat, 20), sync)
+    alone, whole, (low, high) = _alone_ms(model, x, block, max(repeat, 20), sync)
     attributed = r.layer(block).inclusive_time_ms
     off = 100 * (attributed / alone - 1)
     share_off = 100 * ((attributed / t.profiled_ms) / (alone / whole) - 1)
@@ -257,7 +260,7 @@ def _layer_timing(name: str, model, x, repeat: int, batch: int, rows: list, verd
     rows.append([name, batch, f"{t.forward_ms:.3f}", f"{t.profiled_ms:.3f}", f"{span_off:+.1f}%", f"{t.busy_ms:.3f}",
                  f"{t.idle_ms:.3f}", "yes" if t.launch_bound else "no", "yes" if exact else "**no**", block,
                  f"{attributed:.3f}", f"{alone:.3f}", f"{off:+.1f}%", f"{100 * attributed / t.profiled_ms:.1f}%",
-                 f"{100 * alone / whole:.1f}%", f"{share_off:+.1f}%"])
+                 f"{100 * alone / whole:.1f}%", f"{100 * low:.1f}–{100 * high:.1f}%", f"{share_off:+.1f}%"])
     verdicts["sum"].append(f"{name} at batch {batch}: {_mark(exact)}")
     verdicts["block"].append(f"{name} at batch {batch}, {block}: share {share_off:+.1f}% "
                              f"(milliseconds {off:+.1f}%) — {_mark(abs(share_off) <= 10)}")
@@ -439,11 +442,12 @@ def main() -> None:
                          "(mean of the middle half of synchronised runs, alternating with whole plain forwards) against the time the "
                          "profiled pass attributed to it, in milliseconds and as a share of the pass (the block's share "
                          "of the profiled pass against its share of the plain forwards timed beside it: the profiler's "
-                         "own cost per op and the machine's drift between measurements cancel).", "",
+                         "own cost per op and the machine's drift between measurements cancel). The quartiles of the block's "
+                         "share in each alone/whole pair show how much the reference itself moves on this machine.", "",
                          tabulate(timing_rows, ["model", "batch", "plain forward ms", "profiled ms", "overhead", "busy ms",
                                                 "idle ms", "launch-bound", "calls add up", "block", "attributed ms",
                                                 "alone ms", "attributed / alone − 1", "attributed share",
-                                                "alone share", "share off"], "github"), ""]
+                                                "alone share", "alone share, quartiles", "share off"], "github"), ""]
         if batch_rows:
             sections += ["## Batch 32", "", tabulate(batch_rows, ["model", "forward ms", "inspector", "floor", "rounds"], "github"),
                          ""]
