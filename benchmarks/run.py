@@ -40,7 +40,7 @@ warnings.filterwarnings("ignore")
 from inspector import inspect  # noqa: E402
 from inspector.render import tabulate  # noqa: E402
 from inspector.sources import torchvision_source as zoo  # noqa: E402
-from inspector.timing import measure_peak  # noqa: E402
+from inspector.timing import measure_peak, middle_half  # noqa: E402
 
 MODELS = ["resnet50", "vit_b_16", "efficientnet_b0", "convnext_tiny", "swin_t", "mobilenet_v3_large",
           "inception_v3", "maxvit_t"]
@@ -228,37 +228,35 @@ def _alone_ms(model, x, name: str, repeat: int, sync: Callable[[], None]) -> tup
                 sync()
                 if i >= 3:
                     times.append(time.perf_counter() - start)
-    shares = sorted(a / w for a, w in zip(alone, whole))
-    quartiles = (shares[len(shares) // 4], shares[(3 * len(shares)) // 4])
-    return 1e3 * _middle_mean(alone), 1e3 * _middle_mean(whole), quartiles
+    alone_ms, whole_ms = (1e3 * statistics.fmean(middle_half(times, key=float)) for times in (alone, whole))
+    return alone_ms, whole_ms, _quartiles([a / w for a, w in zip(alone, whole)])
 
 
-def _middle_mean(values: list[float]) -> float:
-    """The mean of the middle half of ``values`` (a quarter dropped at each end)."""
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of ``values``."""
     ordered = sorted(values)
-    cut = len(ordered) // 4
-    return statistics.fmean(ordered[cut:len(ordered) - cut])
+    return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
 
 
 @contextmanager
 def _profiled_passes():
     """The profiled passes inspect(timing=True) averages (all of them, before it keeps the middle half),
-    seen by wrapping ``inspector.timing._middle``: the run-to-run spread of an attribution."""
+    seen by wrapping ``inspector.timing.middle_half``: the run-to-run spread of an attribution."""
     import inspector.timing as timing
 
     seen: list = []
-    original = timing._middle
+    original = timing.middle_half
 
     def spy(values, key):
         if values and isinstance(values[0], timing.Attribution):
             seen.extend(values)
         return original(values, key)
 
-    timing._middle = spy
+    timing.middle_half = spy
     try:
         yield seen
     finally:
-        timing._middle = original
+        timing.middle_half = original
 
 
 def _share_quartiles(report, block: str, passes: list) -> tuple[float, float]:
@@ -268,8 +266,7 @@ def _share_quartiles(report, block: str, passes: list) -> tuple[float, float]:
     for rec in report.layers:  # parents come before their children
         if rec.parent in inside:
             inside.add(rec.index)
-    shares = sorted(sum(p.busy[i] + p.idle[i] for i in inside) / p.span for p in passes)
-    return shares[len(shares) // 4], shares[(3 * len(shares)) // 4]
+    return _quartiles([sum(p.busy[i] + p.idle[i] for i in inside) / p.span for p in passes])
 
 
 def _layer_timing(name: str, model, x, repeat: int, batch: int, rows: list, verdicts: dict[str, list[str]],

@@ -249,7 +249,7 @@ class CallTimes:
     host_ms: tuple[float | None, ...]
 
 
-def _middle(values: list[Any], key: Callable[[Any], float]) -> list[Any]:
+def middle_half(values: list[Any], key: Callable[[Any], float]) -> list[Any]:
     """The middle half of ``values`` by ``key`` (a quarter dropped at each end, at least one kept): one
     pass slowed by the machine, or one that ran unusually fast, does not move the figures."""
     ordered = sorted(values, key=key)
@@ -301,13 +301,13 @@ def time_calls(tree: ModelTree, run: Callable[[], object], calls: int, repeat: i
         if on_error is None:
             raise
         raise on_error(None, exc) from exc
-    forward_ms = statistics.fmean(_middle(plain, key=float))
+    forward_ms = statistics.fmean(middle_half(plain, key=float))
     if not passes:
         return CallTimes((None,) * calls, (None,) * calls, (None,) * calls), Timing(
             device=str(device), repeat=repeat, warmup=warmup, forward_ms=forward_ms, profiled_ms=None,
             busy_ms=None, idle_ms=None, note="every profiled pass made other calls than the counted one "
                                              "(control flow): no per-call times")
-    chosen = _mean_pass(_middle(passes, key=lambda p: p.span))
+    chosen = _mean_pass(middle_half(passes, key=lambda p: p.span))
     busy, idle = list(chosen.busy), list(chosen.idle)
     if calls:  # work launched outside every call (before the model's pre-hook, after its post-hook) is its own
         busy[0] += chosen.outside_busy
