@@ -18,7 +18,7 @@ from inspector import experts
 from inspector.closed_forms import evaluate, evaluate_backward
 from inspector.collect import Collection, Frame, nbytes as tensor_bytes
 from inspector.errors import first_line
-from inspector.figures import all_figures, carry_up, complete, fold, measured
+from inspector.figures import all_figures, fold, per_call
 from inspector.records import LayerRecord, OpStat
 from inspector.report import Report, Run, Timing, Training
 from inspector.tree import ModelTree
@@ -231,13 +231,9 @@ def records(tree: ModelTree, collection: Collection, dtype: torch.dtype | None, 
     busy, idle, host = (times.busy_ms, times.idle_ms, times.host_ms) if times is not None else (none, none, none)
     calls = [Call(f, *per_frame.get(f.index, (0, 0)), hook_macs=hooks[f.index], busy_ms=busy[f.index],
                   idle_ms=idle[f.index], host_ms=host[f.index]) for f in frames]
-    own = measured([*calls, Call(collection.outside, 0, 0, 0)], has)
-    outside = own.pop()
-    if frames:  # ops run outside every call (before the first hook, after the last) are the model's own
-        own[0] = fold([own[0], outside])
     links = [(f.index, f.parent) for f in frames if f.parent is not None]
-    inclusive = [complete(values) for values in carry_up(own, links)]
-    own = [complete(values) for values in own]  # derived figures
+    # ops run outside every call (before the first hook, after the last) are the model's own
+    own, inclusive = per_call(calls, links, has, outside=Call(collection.outside, 0, 0, 0))
     has_children = [False] * len(frames)
     for _, parent in links:
         has_children[parent] = True

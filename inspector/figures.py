@@ -13,7 +13,7 @@ was not measured is None everywhere, never 0.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,33 +109,62 @@ def lookup(name: str) -> Figure | None:
     return found
 
 
-def measured(calls: Iterable[Any], has: Callable[[str], bool]) -> list[dict[str, Value]]:
-    """Each call's measured figures (None where the part that measures one did not run)."""
-    active = [(f.name, f.measure) for f in all_figures() if f.measure is not None and has(f.needs)]
-    idle = {f.name: None for f in all_figures() if f.measure is not None and not has(f.needs)}
-    out = []
-    for call in calls:
-        values = dict(idle)
-        for name, fn in active:
-            values[name] = fn(call)
-        out.append(values)
-    return out
+def per_call(calls: Sequence[Any], parents: Sequence[tuple[int, int]], has: Callable[[str], bool],
+             outside: Any = None) -> tuple[list[dict[str, Value]], list[dict[str, Value]]]:
+    """Each call's figures, its own and with its descendants' (``inclusive``), derived ones included.
 
-
-def carry_up(values: list[dict[str, Value]], parents: Iterable[tuple[int, int]]) -> list[dict[str, Value]]:
-    """Each call's measured figures with its descendants': ``parents`` lists (child, parent) index
-    pairs, every child after its parent in the calls, so one pass from the end carries every sum up.
-    Figures measured over a whole call are not summed (the call measured them already)."""
-    sums = [dict(v) for v in values]
-    summed = _tables().summed
-    for child, parent in reversed(list(parents)):
-        mine, theirs = sums[child], sums[parent]
-        for name in summed:
-            value = mine.get(name)
+    ``parents`` lists (child, parent) index pairs, every child after its parent in the calls, so one
+    pass from the end carries every sum up; a figure measured over a whole call is not summed (the
+    call measured it already). ``outside``: work done outside every call, folded into the first
+    call's own figures. A figure whose part did not run (``has(part)`` false) is None throughout.
+    Worked out a figure at a time (one column per figure): this runs once per model call."""
+    tables = _tables()
+    columns: dict[str, list[Value]] = {}
+    unmeasured: dict[str, Value] = {}
+    for fig in tables.figures:
+        if fig.measure is None:
+            continue
+        if not has(fig.needs):
+            unmeasured[fig.name] = None
+            continue
+        column = columns[fig.name] = list(map(fig.measure, calls))
+        if outside is not None and column:
+            column[0] = _folded(fig.name, column[0], fig.measure(outside), tables)
+    carried = dict(columns)
+    for name in tables.summed:
+        column = columns.get(name)
+        if column is None:
+            continue
+        column = carried[name] = list(column)
+        for child, parent in reversed(parents):
+            value = column[child]
             if value is not None:
-                held = theirs.get(name)
-                theirs[name] = value if held is None else held + value
-    return sums
+                held = column[parent]
+                column[parent] = value if held is None else held + value
+    names = (*columns, *unmeasured)
+    nones = tuple(unmeasured.values())
+    own = [_derived(dict(zip(names, (*row, *nones))), tables) for row in zip(*columns.values())]
+    inclusive = [_derived(dict(zip(names, (*row, *nones))), tables) for row in zip(*carried.values())]
+    return own, inclusive
+
+
+def _folded(name: str, held: Value, value: Value, tables: _Tables) -> Value:
+    """Two calls' values of one figure as one: summed, or the larger for a whole-call figure."""
+    if value is None:
+        return held
+    if held is None:
+        return value
+    return max(held, value) if name in tables.whole_call else held + value
+
+
+def _derived(values: dict[str, Value], tables: _Tables) -> dict[str, Value]:
+    """``values`` (every measured figure there) with the derived figures added, in place."""
+    try:
+        for f in tables.derived:
+            values[f.name] = f.derive(values)
+        return values
+    except KeyError:
+        return complete(values)
 
 
 def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
@@ -145,16 +174,8 @@ def fold(parts: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
     total: dict[str, Value] = {}
     for values in parts:
         for name, value in values.items():
-            if name in tables.derived_names:
-                continue
-            if value is None:
-                total.setdefault(name, None)
-            elif total.get(name) is None:
-                total[name] = value
-            elif name in tables.whole_call:
-                total[name] = max(total[name], value)
-            else:
-                total[name] += value
+            if name not in tables.derived_names:
+                total[name] = _folded(name, total[name], value, tables) if name in total else value
     return complete(total)
 
 
@@ -181,11 +202,11 @@ class _Values(dict):
         return None
 
 
-def _add(*terms: Value, scale: int = 1) -> Value:
-    """``scale * terms[0] + terms[1:]``; None when the first term is None."""
-    if terms[0] is None:
+def _add(first: Value, second: Value, scale: int = 1) -> Value:
+    """``scale * first + second`` (a missing second term is 0); None when the first is None."""
+    if first is None:
         return None
-    return scale * terms[0] + sum(t or 0 for t in terms[1:])
+    return scale * first + second if second is not None else scale * first
 
 
 # --- the built-in figures ----------------------------------------------------------------------------

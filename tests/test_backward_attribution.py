@@ -124,3 +124,16 @@ def test_torchvision_transformers_backward_checked_layer_by_layer(name):
     assert report.crosscheck() == []
     linears = [r for r in report.layers if r.type in ("Linear", "NonDynamicallyQuantizableLinear")]
     assert linears and all(r.backward_macs == r.expected_backward_macs for r in linears)
+
+
+def test_the_loss_backward_is_on_the_model_s_own_row():
+    """Work outside every layer call (here the backward of a loss computed from the output) is the
+    model's own: loss = sum(out @ out.T) with out 4 x 2, whose mm backward is two 4x4x2 matmuls, 64
+    MACs. Layers: Linear(8, 8) weight gradient 4*8*8 = 256; Linear(8, 2) weight and input gradients
+    2 * 4*8*2 = 128. Every call's own figures add up to the totals."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    report = inspect(model, torch.randn(4, 8), backward=True, loss_fn=lambda out, *_: (out @ out.T).sum())
+    assert (_bw(report, "0"), _bw(report, "2"), report.layer("").backward_macs) == (256, 128, 64)
+    assert report.total_backward_macs == 256 + 128 + 64 == sum(r.backward_macs for r in report.layers)
+    assert report.layer("").inclusive_backward_macs == report.total_backward_macs
+    assert report.layer("").backward_flops == 2 * 64
