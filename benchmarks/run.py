@@ -467,7 +467,7 @@ def main() -> None:
         if timing_rows:
             sections += ["## Per-call times from the profiler", "",
                          "inspect(timing=True): the plain synchronised forward (no hooks, no profiler) beside the profiled "
-                         "pass (first launch to last activity end) and its overhead, each the mean of the middle half of "
+                         "pass (the model's call to the later of its return and the last activity's end) and its overhead, each the mean of the middle half of "
                          "the passes (per-call times are those passes' means) "
                          "(profiled / plain − 1); busy and idle time of the device within it; whether the calls' busy + "
                          "idle add up to the pass exactly; the call with the most MACs among those with at most half the "

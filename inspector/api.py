@@ -188,7 +188,15 @@ def inspect(model: nn.Module, inputs: Any = None, *, kwargs: Mapping[str, Any] |
         notes.append(split)
     target = opts.device or model_at
     if opts.timing and target.type == "meta":
+        if model_at.type == "meta":
+            raise InputError("timing needs real arithmetic, and the model's weights are on the meta device (they hold "
+                             "no values): give it weights first (model.to_empty(device='cpu'), then load_state_dict), "
+                             "or inspect without timing to count on meta")
         raise InputError("timing needs real arithmetic: use device='cpu' or 'cuda' (--device cpu), not 'meta'")
+    if opts.timing:
+        from inspector.timing import check as check_timing
+
+        check_timing(opts.peak, target, opts.dtype)
     ins = inputs_mod.resolve(tree, inputs, kwargs, input_size, target, opts.dtype)
     notes += ins.notes
     dtype_name = str(opts.dtype or next((p.dtype for p in tree.param_tensors if p.is_floating_point()),
@@ -302,6 +310,9 @@ def _counted(tree: ModelTree, run: Run, args: tuple, kw: dict, device: torch.dev
     """The counted pass on ``device`` (the inputs already there), with the notes of what meta assumed:
     routing made up (and checked by a second count), assertions on values from the weights."""
     collection, training, known = _count(tree, args, kw, device, opts, borrow, kept, "balanced")
+    if known is not None and known.made_up and opts.timing:
+        raise MetaDeviceError(f"{known.decisions} routing choice(s) made up on meta, and the timed passes need the "
+                              "calls that really run")
     if known is not None and known.made_up:
         run = replace(run, notes=(*run.notes, _routing_checked(tree, args, kw, device, opts, borrow, kept,
                                                                 collection, training, known.decisions)))
@@ -389,7 +400,8 @@ def _timed(tree: ModelTree, args: tuple, kw: dict, frames: tuple[Frame, ...], ta
                 Frame(0, module, names.get(id(module), ""), 0, None)
         return failure(exc, target, names=names, phase="a timed pass", frame=frame, frames=frames)
 
-    times, timing = timing_mod.time_calls(tree, lambda: call(tree.model, timed_state, args, kw), len(frames),
+    times, timing = timing_mod.time_calls(tree, lambda: call(tree.model, timed_state, args, kw),
+                                          [f.module for f in frames],
                                           opts.repeat, opts.warmup, target, on_error=failed)
     gflops, gbytes, source = timing_mod.resolve_peak(opts.peak, target, opts.dtype)
     return times, replace(timing, peak_gflops=gflops, peak_gbytes_per_s=gbytes, peak_source=source)

@@ -81,7 +81,7 @@ def substitute_state(tree: ModelTree, device: torch.device, dtype: torch.dtype |
     def convert(name: str, t: torch.Tensor, copy: bool) -> torch.Tensor:
         if t.is_meta and device.type != "meta":
             raise InputError(f"{name} is on the meta device (it holds no values) and cannot run on {device}: "
-                             "inspect with device='meta', or load the model's weights first")
+                             "load the model's weights first, or inspect with device='meta' (counts only, no timing)")
         return t.detach().to(device=device, dtype=cast(t), copy=copy)
 
     if not copies and tree.devices <= {device} and (dtype is None or tree.float_dtypes <= {dtype}):

@@ -9,6 +9,7 @@ percent from its published figures, a cross-check found a mismatch or a claim of
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -73,14 +74,16 @@ def _positive(text: str) -> int:
     return value
 
 
-def _peak(text: str) -> tuple[float, float] | str | None:
+def _peak(text: str) -> tuple[float, float] | str:
     if text in PEAK_NAMES or text == "none":
-        return None if text == "none" else text
+        return text
     try:
         gflops, gbytes = (float(v) for v in text.split(","))
+        if not (0 < gflops < math.inf and 0 < gbytes < math.inf):  # also refuses nan
+            raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--peak wants GFLOPS,GBPS (like 350,40), {', '.join(PEAK_NAMES)} or "
-                                         f"'none', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--peak wants GFLOPS,GBPS (two positive numbers, like 350,40), "
+                                         f"{', '.join(PEAK_NAMES)} or 'none', got {text!r}") from None
     return gflops, gbytes
 
 
@@ -125,14 +128,20 @@ def _check_summary(args: argparse.Namespace) -> None:
     """What the command line can tell is wrong before a model is built."""
     if args.columns:
         try:
-            check_columns(None, args.columns)
+            chosen = check_columns(None, args.columns)
         except ValueError as exc:
             raise CliError(f"--columns: {exc}") from None
+        known = all_columns()
+        for given, name in zip((c.strip() for c in args.columns.split(",") if c.strip()), chosen):
+            _check_part(f"--columns {given}", known[name].needs, args)
     ranked = next(f for f in all_figures() if args.sort in (f.name, *f.aliases))
-    if args.top and ranked.needs == "timing" and not args.timing:
-        raise CliError(f"--sort {args.sort} needs per-layer times: add --timing")
-    if args.top and ranked.needs == "training" and not args.backward:
-        raise CliError(f"--sort {args.sort} needs a training step: add --backward")
+    if args.top:
+        _check_part(f"--sort {args.sort}", ranked.needs, args)
+    if args.peak is not None and not args.timing and args.generate is None:
+        raise CliError("--peak applies to per-layer times and serving's bounds: add --timing (or --generate N)")
+    for flag, given in (("--repeat", args.repeat), ("--warmup", args.warmup)):
+        if given is not None and not args.timing:
+            raise CliError(f"{flag} applies to per-layer times: add --timing")
     if args.optimizer and not args.backward:
         raise CliError("--optimizer applies to a training step: add --backward")
     if args.timing and args.device == "meta":
@@ -144,6 +153,14 @@ def _check_summary(args: argparse.Namespace) -> None:
     if args.by_type and (args.top or args.depth is not None):
         raise CliError("--by-type sums every call of each layer type: --depth and --top do not apply")
     _check_generation(args)
+
+
+def _check_part(what: str, needs: str, args: argparse.Namespace) -> None:
+    """``what`` shows a figure of a part of the report that the flags given do not run."""
+    if needs == "timing" and not args.timing:
+        raise CliError(f"{what} needs per-layer times: add --timing")
+    if needs == "training" and not args.backward:
+        raise CliError(f"{what} needs a training step: add --backward")
 
 
 def _check_generation(args: argparse.Namespace) -> None:
@@ -188,8 +205,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     device = _device(args.device) or "cpu"
     with kept_warnings() as heard:
         spec = load(args.model, device=device, **_build_options(args))
+        peak = "auto" if args.peak is None else None if args.peak == "none" else args.peak
+        timed = {"repeat": args.repeat, "warmup": args.warmup}
         report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
-                              peak=args.peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
+                              **{k: v for k, v in timed.items() if v is not None}, peak=peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
                               count_on=args.count_on, mode=args.mode, generate=args.generate)
     _say(heard)
     columns = args.columns.split(",") if args.columns else None
@@ -324,9 +343,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--flops", choices=tuple(CONVENTIONS), default="matmul",
                    help="FLOPs = 2 x MACs (matmul, default) or also elementwise work (all)")
     s.add_argument("--timing", action="store_true", help="per-layer forward times, GFLOP/s and roofline")
-    s.add_argument("--peak", type=_peak, default="auto", metavar="GFLOPS,GBPS",
-                   help="device peak for the roofline and MFU: GFLOPS,GBPS, 'auto' (default: the datasheet's for a "
-                        "known GPU, else measured), 'measure', 'datasheet' or 'none'")
+    s.add_argument("--peak", type=_peak, metavar="GFLOPS,GBPS",
+                   help="device peak for the roofline and MFU (with --timing): GFLOPS,GBPS (--peak=GFLOPS,GBPS), "
+                        "'auto' (default: the datasheet's for a known GPU, else measured), 'measure', 'datasheet' or "
+                        "'none'")
+    s.add_argument("--repeat", type=_positive, metavar="N",
+                   help="profiled passes, and as many plain ones, that --timing averages (default 10)")
+    s.add_argument("--warmup", type=_natural, metavar="N", help="passes of each kind --timing runs first (default 2)")
     s.add_argument("--count-on", choices=COUNT_ON, default="auto",
                    help="where the forward is counted: auto (default: meta copies for a GPU forward), meta or device")
     s.add_argument("--backward", action="store_true", help="also one training step: backward MACs and its memory")

@@ -28,7 +28,7 @@ from inspector.units import human, pct, size
 
 #: The most rows the folded tree shows at first when no depth is asked for.
 USEFUL_ROWS = 40
-_SECTIONS = {"training": ("Training step", "Step memory"), "timing": ("Timing", "Utilisation", "Roofline")}
+_SECTIONS = {"training": ("Training step", "Step memory"), "timing": ("Timing", "Per call", "Utilisation", "Roofline")}
 esc = html.escape
 
 

@@ -71,18 +71,26 @@ class Column:
     figure: Figure | None = None  # the figure it shows (its total goes in the Total row)
     share: bool = False           # the figure's share of its total
     whole: bool = False           # a descriptive column whose Total is its cell for the whole model
+    part: str = ""                # the part of the report its values come from ("timing": timing=True)
+
+    @property
+    def needs(self) -> str:
+        """The part of the report that must have run for the column to show values ("" for any)."""
+        return self.figure.needs if self.figure is not None else self.part
 
 
 _DESCRIPTIVE: dict[str, Column] = {}
 
 
-def column(name: str, header: str, align: str = "left", whole: bool = False) -> Callable[[Cell], Cell]:
+def column(name: str, header: str, align: str = "left", whole: bool = False, part: str = ""
+           ) -> Callable[[Cell], Cell]:
     """Register a descriptive column (not a figure: figures get their columns from their registry);
-    ``whole``: its Total row shows its value for the whole model (the model's own call)."""
+    ``whole``: its Total row shows its value for the whole model (the model's own call); ``part``: the
+    part of the report its values need ("timing")."""
     def bind(cell: Cell) -> Cell:
         if name in _DESCRIPTIVE:
             raise ValueError(f"column {name!r} is already registered")
-        _DESCRIPTIVE[name] = Column(header, align, cell, whole=whole)
+        _DESCRIPTIVE[name] = Column(header, align, cell, whole=whole, part=part)
         return cell
     return bind
 
@@ -214,26 +222,26 @@ def _timed(row: Row) -> bool:
     return row.kind != "own" and row.record.inclusive.get("time_ms") is not None
 
 
-@column("gflops", "GFLOP/s", "right", whole=True)
+@column("gflops", "GFLOP/s", "right", whole=True, part="timing")
 def _gflops(row: Row, ctx: Context) -> str:
     value = row.record.achieved_gflops if _timed(row) else None
     return "-" if value is None else f"{value:.1f}"
 
 
-@column("mfu", "MFU", "right", whole=True)
+@column("mfu", "MFU", "right", whole=True, part="timing")
 def _mfu(row: Row, ctx: Context) -> str:
     t = ctx.report.timing
     value = row.record.achieved_gflops if _timed(row) else None
     return "-" if value is None or t is None or not t.peak_gflops else f"{100 * value / t.peak_gflops:.1f}%"
 
 
-@column("intensity", "FLOP/B", "right", whole=True)
+@column("intensity", "FLOP/B", "right", whole=True, part="timing")
 def _intensity(row: Row, ctx: Context) -> str:
     value = row.record.arithmetic_intensity if _timed(row) else None
     return "-" if value is None else f"{value:.1f}"
 
 
-@column("bound", "Bound", whole=True)
+@column("bound", "Bound", whole=True, part="timing")
 def _bound(row: Row, ctx: Context) -> str:
     t = ctx.report.timing
     if not _timed(row) or t is None or t.ridge is None:
@@ -295,7 +303,8 @@ def _inputs_text(report: Any) -> str:
     return ", ".join(parts[:3]) + (f" +{len(parts) - 3}" if len(parts) > 3 else "") or "-"
 
 
-def _roofline_summary(report: Any) -> str:
+def _roofline_summary(report: Any) -> str | None:
+    """The leaf calls' roofline verdicts, counted and weighed by time; None without per-call times."""
     t = report.timing
     time_by = {"compute": 0.0, "memory": 0.0}
     count = {"compute": 0, "memory": 0}
@@ -303,6 +312,8 @@ def _roofline_summary(report: Any) -> str:
         if row["bound"] in time_by:
             time_by[row["bound"]] += row["time_ms"]
             count[row["bound"]] += 1
+    if not any(count.values()):
+        return None
     total = sum(time_by.values()) or 1.0
     return (f"Roofline ({t.peak_source} peak {t.peak_gflops:,.1f} GFLOP/s, {t.peak_gbytes_per_s:,.1f} GB/s; ridge "
             f"{t.ridge:.1f} FLOP/B): {count['compute']} leaf calls compute-bound "
@@ -314,17 +325,33 @@ def _timing_lines(report: Any) -> list[str]:
     t = report.timing
     lines = [f"Timing ({t.device}): plain forward {t.forward_ms:.3f} ms (mean of the middle half of {t.repeat})"]
     if t.profiled_ms is not None:
-        verdict = "; launch-bound: the device waited for the host most of the pass" if t.launch_bound else ""
+        verdict = "; launch-bound: the device was busy less than half the plain forward" if t.launch_bound else ""
         lines[0] += (f"; profiled pass {t.profiled_ms:.3f} ms ({100 * t.overhead:+.1f}% measuring overhead) = busy "
                      f"{t.busy_ms:.3f} + idle {t.idle_ms:.3f} ms, shared out among the calls{verdict}")
+        lines.append("Per call: busy = the device running the call's own ops; idle = the device waiting, charged to "
+                     "the call whose op ended the wait (after the last op, to the call the host was in); time = busy "
+                     "+ idle; host = the host's time in the call itself")
     if t.note:
         lines.append(f"Timing: {t.note}")
     if report.mfu is not None:
         lines.append(f"Utilisation: {report.achieved_gflops:,.1f} GFLOP/s achieved over the plain forward = "
-                     f"{100 * report.mfu:.1f}% of the {t.peak_source} peak {t.peak_gflops:,.1f} GFLOP/s (MFU)")
+                     f"{100 * report.mfu:.1f}% of the {t.peak_source} peak {t.peak_gflops:,.1f} GFLOP/s (MFU)"
+                     + _utilisation_caveats(report))
     if t.ridge:
-        lines.append(_roofline_summary(report))
+        lines += filter(None, [_roofline_summary(report)])
     return lines
+
+
+def _utilisation_caveats(report: Any) -> str:
+    """What the MFU line needs said: the table's rates are over the profiled pass; a peak exceeded."""
+    t, said = report.timing, ""
+    if t.profiled_ms is not None:
+        said += "; the table's GFLOP/s and MFU are over each call's time in the profiled pass (overhead included)"
+    if report.mfu > 1:
+        said += (f"; above 100%: the {t.peak_source} peak is not this device's for {report.dtype} (give its own: "
+                 "peak=(GFLOP/s, GB/s), --peak), or the kernels did less than the FLOPs counted (a fused attention "
+                 "skipping masked scores, a Winograd convolution)")
+    return said
 
 
 def footer(report: Any, exact: bool = False) -> list[str]:

@@ -66,7 +66,7 @@ class Timing:
     repeat: int
     warmup: int
     forward_ms: float                 # plain forwards (no hooks, no profiler; synchronised on a GPU), middle half's mean
-    profiled_ms: float | None = None  # the profiled pass, from the first launch to the last activity's end
+    profiled_ms: float | None = None  # the profiled pass: the model's call to its return (or last activity's end)
     busy_ms: float | None = None      # the device busy within it (kernels on a GPU; top-level ops on a CPU)
     idle_ms: float | None = None      # the device waiting for the host within it
     peak_gflops: float | None = None
@@ -88,8 +88,10 @@ class Timing:
 
     @property
     def launch_bound(self) -> bool | None:
-        """The device sat idle more than half of the profiled pass (waiting for the host's launches)."""
-        return None if self.profiled_ms is None or self.idle_ms is None else self.idle_ms > self.profiled_ms / 2
+        """The device sat idle more than half of the plain forward, waiting for the host: its busy time
+        (the profiled pass's) is under half the plain forward's. Not the profiled pass's own idle time,
+        which holds the measuring's cost too (hooks, ranges, the profiler's bookkeeping)."""
+        return None if self.busy_ms is None or not self.forward_ms else self.busy_ms < self.forward_ms / 2
 
 
 @dataclass(frozen=True)

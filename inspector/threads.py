@@ -12,6 +12,9 @@ counter, charged below the call that handed the work over:
 A module of the model called on any other thread meanwhile (a thread that existed before the pass:
 another user of the model, or a worker the forward feeds through a queue) cannot be told apart: it
 is not counted, and said so (``Collector.foreign_calls``: the report is incomplete).
+
+``handed_over`` is the hand-over itself, for any wrapper: the timed passes mark the work with a
+profiler range on the thread that runs it (``inspector.timing``).
 """
 from __future__ import annotations
 
@@ -87,32 +90,45 @@ def carried(collector: Any, fn: Callable[..., Any], base: Any) -> Callable[..., 
 
 
 @contextmanager
-def work_carried(collector: Any) -> Iterator[None]:
-    """While the block runs, tasks the pass submits to a ThreadPoolExecutor and threads it starts
-    are ``carried`` (a pool's own worker threads are not: their tasks are, one by one)."""
+def handed_over(wrap: Callable[[Callable[..., Any]], Callable[..., Any] | None]) -> Iterator[None]:
+    """While the block runs, the function of each task submitted to a ThreadPoolExecutor and of each
+    thread started (a pool's own worker threads excepted: their tasks are, one by one) is replaced by
+    ``wrap(fn)``, called on the thread handing it over (None: left as it is)."""
     submit = ThreadPoolExecutor.__dict__["submit"]
     start = threading.Thread.__dict__["start"]
 
     @functools.wraps(submit)
-    def carried_submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        base = collector.innermost_here()
-        if base is not NOT_OURS:
-            fn = carried(collector, fn, base)
-        return submit(pool, fn, *args, **kwargs)
+    def wrapped_submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return submit(pool, wrap(fn) or fn, *args, **kwargs)
 
     @functools.wraps(start)
-    def carried_start(thread: threading.Thread) -> None:
-        base = collector.innermost_here()
-        if base is not NOT_OURS and getattr(thread, "_target", None) is not pool_thread._worker:
-            thread.run = carried(collector, thread.run, base)  # type: ignore[method-assign]
+    def wrapped_start(thread: threading.Thread) -> None:
+        if getattr(thread, "_target", None) is not pool_thread._worker:
+            run = wrap(thread.run)
+            if run is not None:
+                thread.run = run  # type: ignore[method-assign]
         start(thread)
 
-    ThreadPoolExecutor.submit = carried_submit  # type: ignore[method-assign]
-    threading.Thread.start = carried_start  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = wrapped_submit  # type: ignore[method-assign]
+    threading.Thread.start = wrapped_start  # type: ignore[method-assign]
     try:
         yield
     finally:
         ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
         threading.Thread.start = start  # type: ignore[method-assign]
+
+
+@contextmanager
+def work_carried(collector: Any) -> Iterator[None]:
+    """While the block runs, tasks the pass submits to a ThreadPoolExecutor and threads it starts
+    are ``carried`` (a pool's own worker threads are not: their tasks are, one by one)."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+        base = collector.innermost_here()
+        return None if base is NOT_OURS else carried(collector, fn, base)
+
+    try:
+        with handed_over(wrap):
+            yield
+    finally:
         for calls in list(collector.threads.values()):  # threads still running: their twins count no more
             calls.twin.quiet()

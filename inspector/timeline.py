@@ -2,12 +2,16 @@
 
 A pure function of time intervals (no torch): the module calls' ranges on the host, and the device's
 activities (kernels on a GPU; the top-level aten ops on a CPU), each with the host time at which it
-was launched. Every activity belongs to the innermost call open at its launch. Walking the device's
-timeline from the first launch to the last activity's end, each stretch of time is charged to one
-call: *busy* while an activity runs (time covered by several overlapping activities counted once, to
-the one that started first), *idle* while nothing runs, charged to the call whose activity ends the
-wait. So the calls' busy and idle times add up to the span exactly, by construction. *Host* time is
-the time the host spent in a call's range, its children's ranges taken off.
+was launched and the host thread that launched it. Every activity belongs to the innermost call open
+on its thread at its launch (on a thread with no call open, to the innermost call of the pass's own
+thread then: the call that handed the work over). The pass spans from the model's call (or the
+first launch, if earlier) to the later of the last activity's end and the call's return. Walking
+that span, each stretch of time is charged to one call: *busy* while an activity runs (time covered
+by several overlapping activities counted once, to the one that started first), *idle* while nothing
+runs, charged to the call whose activity ends the wait; after the last activity, to the innermost
+call open on the host meanwhile (work with no op after it: Python post-processing). So the calls'
+busy and idle times add up to the span exactly, by construction. *Host* time is the time the host
+spent in a call's range, its children's ranges taken off.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class Activity:
     start: float
     end: float
     launch: float
+    thread: int | None = None  # the launching host thread (None: the pass's own)
 
 
 @dataclass(frozen=True)
@@ -90,27 +95,73 @@ def host_self(ranges: Sequence[tuple[float, float]]) -> list[float]:
     return own
 
 
-def attribute(ranges: Sequence[tuple[float, float]], activities: Sequence[Activity]) -> Attribution:
-    """Busy, idle and host time of every call (see the module docstring)."""
+def attribute(ranges: Sequence[tuple[float, float]], activities: Sequence[Activity],
+              threads: Sequence[int | None] | None = None) -> Attribution:
+    """Busy, idle and host time of every call (see the module docstring). ``threads``: each range's
+    host thread (None, or absent: the pass's own thread); a range with ``end <= start`` never opened."""
     n = len(ranges)
     busy, idle = [0.0] * n, [0.0] * n
     outside = [0.0, 0.0]
-    owner = innermost(ranges)
+    threads = list(threads) if threads is not None else [None] * n
+    owners = {t: _innermost_on(ranges, threads, t) for t in set(threads)}
+    main = owners.get(None) or _innermost_on(ranges, threads, None)
+
+    def owner(act: Activity) -> int:
+        mine = owners.get(act.thread)
+        who = mine(act.launch) if mine is not None else -1
+        return who if who >= 0 else main(act.launch)
+
     acts = sorted(activities, key=lambda a: (a.start, a.end))
-    if not acts:
-        return Attribution(tuple(busy), tuple(idle), tuple(host_self(ranges)), 0.0, 0.0)
-    span_start = min(min(a.launch for a in acts), acts[0].start)
+    opened = [(start, end) for (start, end), t in zip(ranges, threads) if end > start and t is None]
+    host_start = min((start for start, _ in opened), default=None)
+    host_end = max((end for _, end in opened), default=None)
+    host = _host_by_thread(ranges, threads)
+    if not acts and host_start is None:
+        return Attribution(tuple(busy), tuple(idle), tuple(host), 0.0, 0.0)
+    starts = [a.launch for a in acts] + [a.start for a in acts[:1]] + ([] if host_start is None else [host_start])
+    span_start = min(starts)
     cursor = span_start
     for act in acts:
-        who = owner(act.launch)
+        who = owner(act)
         if act.start > cursor:
             _charge(idle, outside, 1, who, act.start - cursor)
             cursor = act.start
         if act.end > cursor:
             _charge(busy, outside, 0, who, act.end - cursor)
             cursor = act.end
-    return Attribution(tuple(busy), tuple(idle), tuple(host_self(ranges)), span_start, cursor,
+    if host_end is not None and host_end > cursor:  # host work after the last activity: its calls wait
+        for start, end, who in _pieces(ranges, threads, main, cursor, host_end):
+            _charge(idle, outside, 1, who, end - start)
+        cursor = host_end
+    return Attribution(tuple(busy), tuple(idle), tuple(host), span_start, cursor,
                        outside_busy=outside[0], outside_idle=outside[1])
+
+
+def _host_by_thread(ranges: Sequence[tuple[float, float]], threads: Sequence[int | None]) -> list[float]:
+    """``host_self`` within each thread's ranges (ranges of two threads overlap without nesting)."""
+    host = [0.0] * len(ranges)
+    for thread in set(threads):
+        mine = [i for i, t in enumerate(threads) if t == thread]
+        for i, value in zip(mine, host_self([ranges[i] for i in mine])):
+            host[i] = value
+    return host
+
+
+def _innermost_on(ranges: Sequence[tuple[float, float]], threads: Sequence[int | None], thread: int | None
+                  ) -> Callable[[float], int]:
+    """``innermost`` over the ranges of one thread (indices into all of ``ranges``)."""
+    mine = [i for i, t in enumerate(threads) if t == thread]
+    find = innermost([ranges[i] for i in mine])
+    return lambda t: (lambda j: mine[j] if j >= 0 else -1)(find(t))
+
+
+def _pieces(ranges: Sequence[tuple[float, float]], threads: Sequence[int | None], owner: Callable[[float], int],
+            start: float, end: float) -> list[tuple[float, float, int]]:
+    """``start``-``end`` cut where a range of the pass's own thread opens or closes, each piece with the
+    innermost call open in it."""
+    cuts = sorted({t for (a, b), th in zip(ranges, threads) if th is None for t in (a, b) if start < t < end})
+    bounds = [start, *cuts, end]
+    return [(a, b, owner((a + b) / 2)) for a, b in zip(bounds, bounds[1:])]
 
 
 def _charge(figures: list[float], outside: list[float], slot: int, who: int, amount: float) -> None:

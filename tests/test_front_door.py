@@ -331,11 +331,53 @@ def test_cli_exit_3_when_no_macs_were_counted(tmp_path):
     ["summary", "some/folder/net.py"],
     ["compare", "resnet18", "--family", "video"],
     ["compare", "resnet18", "--sort", "speed"],
+    ["summary", "resnet18", "--columns", "macs,busy_ms"],
+    ["summary", "resnet18", "--columns", "mfu"],
+    ["summary", "resnet18", "--columns", "saved"],
+    ["summary", "resnet18", "--peak", "100,10"],
+    ["summary", "resnet18", "--repeat", "3"],
+    ["summary", "resnet18", "--timing", "--repeat", "0"],
+    ["summary", "resnet18", "--timing", "--peak=-5,1"],
+    ["summary", "resnet18", "--timing", "--peak", "datasheet", "--device", "meta"],
 ])
 def test_cli_mistakes_found_before_anything_runs(args):
     out = run_cli(*args)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len([line for line in out.stderr.splitlines() if line.strip()]) == 1, out.stderr
+
+
+def test_cli_timing_only_flags_say_what_they_need():
+    assert "--columns busy_ms needs per-layer times: add --timing" in run_cli(
+        "summary", "resnet18", "--columns", "macs,busy_ms").stderr
+    assert "--peak applies to per-layer times and serving's bounds: add --timing (or --generate N)" in run_cli(
+        "summary", "resnet18", "--peak", "1,1").stderr
+    for peak in ("--peak=-5,1", "--peak=inf,1", "--peak=1,nan"):
+        assert "two positive numbers" in run_cli("summary", "resnet18", "--timing", peak).stderr
+    assert "--columns saved needs a training step: add --backward" in run_cli(
+        "summary", "resnet18", "--columns", "saved").stderr  # as the user named it
+
+
+def test_cli_a_datasheet_peak_the_table_lacks_is_refused_before_the_timed_passes(tmp_path):
+    net = tmp_path / "net.py"
+    net.write_text("import torch\nfrom torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+                   "        super().__init__()\n        self.fc = nn.Linear(8, 8)\n        self.calls = 0\n\n"
+                   "    def forward(self, x):\n        self.calls += 1\n        assert self.calls == 1, 'a second pass ran'\n"
+                   "        return self.fc(x)\n")
+    out = run_cli("summary", f"{net}:Net", "--input-size", "2,8", "--timing", "--peak", "datasheet")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "no datasheet peak for cpu in float32" in out.stderr and "a second pass ran" not in out.stderr
+
+
+def test_cli_an_interrupt_in_a_timed_pass_exits_130_cleanly(tmp_path):
+    """Ctrl-C while the profiler runs: the profiler is stopped on the way out (no crash at exit)."""
+    net = tmp_path / "net.py"
+    net.write_text("import torch\nfrom torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+                   "        super().__init__()\n        self.fc = nn.Linear(8, 8)\n        self.calls = 0\n\n"
+                   "    def forward(self, x):\n        self.calls += 1\n        if self.calls == 3:\n"
+                   "            raise KeyboardInterrupt\n        return self.fc(x)\n")
+    out = run_cli("summary", f"{net}:Net", "--input-size", "2,8", "--timing", "--repeat", "2", "--warmup", "1")
+    assert out.returncode == 130 and "Traceback" not in out.stderr, (out.returncode, out.stderr)
+    assert "interrupted" in out.stderr
 
 
 def test_cli_usage_errors_are_one_line():

@@ -1,6 +1,7 @@
 """Per-call times from the profiler: busy and idle time add up to the profiled pass exactly, each
 activity is charged to the call that launched it (checked on hand-made timelines and on a fake GPU
 trace), the plain forward and the overhead are reported, and per-call memory peaks are exact."""
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -23,11 +24,12 @@ def test_attribution_by_hand():
     acts = [Activity(2, 3, 1.5), Activity(3.5, 5, 3), Activity(6.2, 6.8, 6.1), Activity(8, 12, 8),
             Activity(9, 11, 8.5)]
     a = attribute(ranges, acts)
-    assert (a.span_start, a.span_end) == (1.5, 12)  # first launch to last kernel end
-    # a: idle 1.5->2 and 3->3.5, busy 2->3 and 3.5->5; c: idle 5->6.2, busy 6.2->6.8; b: idle 6.8->8, busy 8->12
+    assert (a.span_start, a.span_end) == (0, 12)  # the model's call to the last kernel's end
+    # a: idle 0->2 (the wait its first launch ended) and 3->3.5, busy 2->3 and 3.5->5; c: idle 5->6.2,
+    # busy 6.2->6.8; b: idle 6.8->8, busy 8->12
     assert a.busy == pytest.approx((0, 1 + 1.5, 4, 0.6))
-    assert a.idle == pytest.approx((0, 0.5 + 0.5, 8 - 6.8, 6.2 - 5))
-    assert sum(a.busy) + sum(a.idle) == pytest.approx(a.span) == 10.5
+    assert a.idle == pytest.approx((0, 2 + 0.5, 8 - 6.8, 6.2 - 5))
+    assert sum(a.busy) + sum(a.idle) == pytest.approx(a.span) == 12
     # host time: each range less its children: 10 - 3 - 4 = 3, 3, 4 - 1 = 3, 1
     assert host_self(ranges) == [3, 3, 3, 1]
 
@@ -37,8 +39,36 @@ def test_attribution_outside_every_call_and_empty():
     assert a.outside_busy == pytest.approx(0.5 + 1) and a.outside_idle == pytest.approx(1.5)
     assert a.busy == pytest.approx((0.3,)) and a.idle == pytest.approx((0.7,))
     assert a.busy_total + a.idle_total == pytest.approx(a.span) == 4
-    empty = attribute([(0, 1)], [])
-    assert (empty.busy, empty.idle, empty.span) == ((0.0,), (0.0,), 0.0)
+    empty = attribute([(0, 1)], [])  # a call that ran no op: the pass is still its call, all idle
+    assert (empty.busy, empty.idle, empty.span) == ((0.0,), (1.0,), 1.0)
+    nothing = attribute([], [])
+    assert (nothing.busy, nothing.idle, nothing.span) == ((), (), 0.0)
+
+
+def test_host_work_after_the_last_activity_is_in_the_pass():
+    """The model (0-10) calls a (1-4) and b (5-9); only a launches (at 1.5, runs 2-3). After 3 the host
+    works on with no activity until the model returns at 10: each piece of that wait goes to the call
+    open on the host then (a 3->4, the model 4->5 and 9->10, b 5->9), so the pass is the whole call."""
+    a = attribute([(0, 10), (1, 4), (5, 9)], [Activity(2, 3, 1.5)])
+    assert (a.span_start, a.span_end) == (0, 10)
+    assert a.busy == pytest.approx((0, 1, 0))
+    assert a.idle == pytest.approx((1 + 1, 2 + 1, 4))
+    assert sum(a.busy) + sum(a.idle) == pytest.approx(a.span)
+
+
+def test_work_on_another_thread_goes_to_its_call_or_to_the_call_that_handed_it_over():
+    """The model (0-10) hands a pool thread (7) its child c (2-6 on that thread), which runs an op 3-5;
+    the pool also runs a bare op 6.5-7 outside any call of its own: charged to the model, open on the
+    pass's thread then. The model's own op runs 8-9."""
+    ranges, threads = [(0, 10), (2, 6)], [None, 7]
+    a = attribute(ranges, [Activity(3, 5, 3, thread=7), Activity(6.5, 7, 6.5, thread=7), Activity(8, 9, 8)],
+                  threads)
+    assert a.busy == pytest.approx((0.5 + 1, 2))
+    assert a.idle == pytest.approx((1.5 + 1 + 1, 3))  # 5->6.5 and 7->8 end at the model's ops, 9->10 its own
+    assert sum(a.busy) + sum(a.idle) == pytest.approx(a.span) == 10
+    # host time is taken within each thread: two pool threads' calls overlap without nesting
+    both = attribute([(0, 10), (2, 6), (3, 8)], [Activity(1, 2, 1)], [None, 7, 8])
+    assert both.host == pytest.approx((10, 4, 5))
 
 
 def test_innermost_range():
@@ -108,10 +138,11 @@ def test_a_gpu_trace_is_charged_through_correlation_ids():
         FakeEvent("stray_kernel", "kernel", 90 * us, 95 * us, linked=12345, device=gpu),
     ]
     a = _attribution(events, 3, torch.device("cuda"))
-    # span: first launch 20 us to last kernel end 85 us = 65 us = 0.065 ms
-    assert a.span == pytest.approx(0.065)
-    # linear: idle 20->30 (waiting for its kernel), busy 30->80; relu: busy 80->85, no idle (the GPU was busy)
-    assert a.busy == pytest.approx((0, 0.050, 0.005)) and a.idle == pytest.approx((0, 0.010, 0))
+    # span: the model's call (0 us) to its return (100 us), after the last kernel's end (85 us)
+    assert a.span == pytest.approx(0.100)
+    # linear: idle 0->30 (waiting for its kernel), busy 30->80; relu: busy 80->85, no idle (the GPU was
+    # busy); the model: idle 85->100 (the host in its own code, the GPU done)
+    assert a.busy == pytest.approx((0, 0.050, 0.005)) and a.idle == pytest.approx((0.015, 0.030, 0))
     assert a.host == pytest.approx((0.100 - 0.030 - 0.010, 0.030, 0.010))
 
 
@@ -140,8 +171,10 @@ def test_per_call_times_are_the_mean_of_the_middle_passes(monkeypatch):
     3.0 dropped)."""
     import inspector.timing as timing
 
+    model, inner = nn.Linear(1, 1), nn.Linear(1, 1)
+
     def one_pass(s: float) -> timing.ProfiledPass:  # the model's call (0..s) runs an inner call (0..s/2)
-        return timing.ProfiledPass(2, attribute([(0, s), (0, s / 2)], [
+        return timing.ProfiledPass((model, inner), attribute([(0, s), (0, s / 2)], [
             Activity(0, s / 2, 0),                 # launched inside the inner call: busy in call 1
             Activity(s / 2, s, 3 * s / 4)]))       # launched after it, by the outer call: busy in call 0
 
@@ -159,7 +192,7 @@ def test_per_call_times_are_the_mean_of_the_middle_passes(monkeypatch):
 
     monkeypatch.setattr(timing, "_profiled", profiled)
     monkeypatch.setattr(timing, "_seconds", plain_pass)
-    times, t = timing.time_calls(None, lambda: None, calls=2, repeat=6, warmup=2, device=torch.device("cpu"))
+    times, t = timing.time_calls(None, lambda: None, called=(model, inner), repeat=6, warmup=2, device=torch.device("cpu"))
     assert order == ["plain", "profiled"] * 8  # alternately: both see the machine alike
     mean = (2.0 + 4.0 + 5.0 + 6.0) / 4
     assert t.profiled_ms == pytest.approx(mean)
@@ -167,6 +200,7 @@ def test_per_call_times_are_the_mean_of_the_middle_passes(monkeypatch):
     assert times.busy_ms == (pytest.approx(mean / 2), pytest.approx(mean / 2))
     assert sum(times.busy_ms) + sum(times.idle_ms) == pytest.approx(t.profiled_ms, rel=1e-12)
     assert (t.busy_ms, t.idle_ms) == (pytest.approx(mean), pytest.approx(0.0))
+    assert t.note is None  # every pass matched the counted one's calls
 
 
 def test_the_profiler_keeps_quiet(capfd):
@@ -174,17 +208,20 @@ def test_the_profiler_keeps_quiet(capfd):
     assert capfd.readouterr().err == ""  # Kineto's own start/stop lines are not the user's business
 
 
+class Flaky(nn.Module):
+    """Its first call (the counted pass) runs a; every later one b after a: no pass after it matches."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.a(x) if self.calls == 1 else self.b(self.a(x))
+
+
 def test_control_flow_that_changes_the_calls_leaves_times_out_and_says_so():
-    class Flaky(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-            self.calls = 0
-
-        def forward(self, x):
-            self.calls += 1
-            return self.a(x) if self.calls == 1 else self.b(self.a(x))
-
     r = inspect(Flaky(), torch.randn(1, 4), timing=True, repeat=2, warmup=1, peak=None)
     assert r.timing.profiled_ms is None and "control flow" in r.timing.note
     assert all(rec.time_ms is None for rec in r.layers) and "control flow" in r.table()
@@ -288,3 +325,226 @@ def test_cuda_training_step_peak_against_the_allocator():
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated() - before + held
     assert r.training_memory.peak == pytest.approx(measured, rel=0.05)
+
+
+def _spin(ms: float) -> None:
+    start = time.perf_counter()
+    while time.perf_counter() - start < ms / 1e3:
+        pass
+
+
+def test_host_work_before_the_first_op_and_after_the_last_is_in_the_profiled_pass():
+    """5 ms of Python before the first op (in a child with no op) and 5 ms after the last (in the model
+    itself): the profiled pass covers both, as the plain forward does; the wait before the first op goes
+    to the call whose op ended it, the one after the last to the call the host was in."""
+    class Spin(nn.Module):
+        def forward(self, x):
+            _spin(5)
+            return x
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre, self.lin = Spin(), nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = self.lin(self.pre(x))
+            _spin(5)
+            return y
+
+    r = inspect(Model(), torch.randn(2, 8), timing=True, repeat=2, warmup=1, peak=None)
+    assert r.timing.profiled_ms >= 10 and r.timing.forward_ms >= 10
+    assert r.layer("lin").idle_ms >= 5 and r.layer("pre").host_ms >= 5
+    assert r.layer("").idle_ms >= 5  # after the last op: the model's own code
+    assert sum(rec.time_ms for rec in r.layers) == pytest.approx(r.timing.profiled_ms, rel=1e-9)
+
+
+def test_passes_that_call_other_modules_are_left_out_and_said():
+    """A router picking one of two experts at random makes the same number of calls every pass: a pass
+    that took the other expert must not lend its times to this one."""
+    class Route(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heavy, self.light = nn.Linear(8, 8), nn.Linear(8, 8)
+            self.picks = iter([True, False, True, False, False, True, False, True, True, False, True])
+
+        def forward(self, x):
+            return self.heavy(x) if next(self.picks) else self.light(x)
+
+    r = inspect(Route(), torch.randn(2, 8), timing=True, repeat=4, warmup=1, peak=None)
+    # counted: heavy; then plain/profiled pairs: warm-up (F, T), then (F, F), (T, F), (T, T), (F, T)
+    assert [rec.name for rec in r.layers] == ["", "heavy"]
+    assert "2 of 4 profiled passes called other modules" in r.timing.note
+    assert r.layer("heavy").time_ms > 0
+
+
+def test_an_interrupt_in_a_timed_pass_stops_the_profiler_and_returns_the_model():
+    class Interrupted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.calls = nn.Linear(4, 4), 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:  # the counted pass, the first plain pass, then the first profiled one
+                raise KeyboardInterrupt
+            return self.lin(x)
+
+    model = Interrupted()
+    weight = model.lin.weight.detach().clone()
+    with pytest.raises(KeyboardInterrupt):
+        inspect(model, torch.randn(2, 4), timing=True, repeat=2, warmup=1, peak=None)
+    assert not torch.autograd._profiler_enabled()
+    assert model.calls == 0 and torch.equal(model.lin.weight, weight) and model.training  # as it was lent
+    assert not model.lin._forward_hooks and not model.lin._forward_pre_hooks
+
+
+def test_a_call_run_in_a_thread_pool_is_timed_where_it_is_counted():
+    """The forward hands its big layer to a pool thread and waits: the layer's ops, on that thread, are
+    its busy time (not idle time charged to the next call), as its MACs are counted under it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import inspector.timing as timing
+
+    if timing._all_threads() is None:
+        pytest.skip("this torch's profiler records the profiling thread only")
+
+    class Handed(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.pool, self.big, self.small = pool, nn.Linear(256, 256), nn.Linear(256, 4)
+
+        def forward(self, x):
+            return self.small(self.pool.submit(self.big, x).result())
+
+    with ThreadPoolExecutor(1) as pool:
+        r = inspect(Handed(pool), torch.randn(64, 256), timing=True, repeat=2, warmup=1, peak=None)
+    assert r.timing.note is None and r.layer("big").macs == 64 * 256 * 256
+    assert r.layer("big").busy_ms > 0 and r.layer("small").busy_ms > 0
+    assert sum(rec.time_ms for rec in r.layers) == pytest.approx(r.timing.profiled_ms, rel=1e-9)
+
+
+def test_launch_bound_is_judged_on_the_plain_forward():
+    """Busy 4 ms in a plain forward of 10 ms: launch-bound, even if the profiled pass (its hooks and
+    ranges add idle time) were mostly busy; busy 6 of 10: not, however idle the profiled pass was."""
+    from inspector.report import Timing
+
+    assert Timing("cpu", 1, 0, forward_ms=10.0, profiled_ms=5.0, busy_ms=4.0, idle_ms=1.0).launch_bound
+    assert not Timing("cpu", 1, 0, forward_ms=10.0, profiled_ms=20.0, busy_ms=6.0, idle_ms=14.0).launch_bound
+    assert Timing("cpu", 1, 0, forward_ms=10.0).launch_bound is None
+
+
+def test_a_forward_mostly_in_python_is_launch_bound_and_one_in_a_matmul_is_not():
+    class Spun(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            _spin(5)
+            return self.lin(x)
+
+    spun = inspect(Spun(), torch.randn(2, 4), timing=True, repeat=2, warmup=1, peak=None)
+    assert spun.timing.launch_bound and "launch-bound" in str(spun)
+    big = inspect(nn.Linear(1024, 1024), torch.randn(1024, 1024), timing=True, repeat=2, warmup=1, peak=None)
+    assert big.timing.launch_bound is False and "launch-bound" not in str(big)
+
+
+def test_timing_inside_a_profiler_of_yours_is_refused_and_leaves_it_running():
+    from inspector.errors import InputError
+
+    model = nn.Linear(4, 4)
+    with torch.profiler.profile() as prof:
+        model(torch.randn(2, 4))
+        with pytest.raises(InputError, match="a profiler is already running"):
+            inspect(model, torch.randn(2, 4), timing=True, repeat=1, warmup=0)
+        assert torch.autograd._profiler_enabled()
+    assert any(e.name == "aten::addmm" for e in prof.events())  # your profile is whole
+
+
+def test_a_datasheet_peak_the_table_lacks_is_refused_before_any_pass():
+    from inspector.errors import InputError
+
+    class Once(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.calls = nn.Linear(4, 4), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.lin(x)
+
+    model = Once()
+    runs = []
+    model.register_forward_hook(lambda *_: runs.append(1))
+    with pytest.raises(InputError, match="no datasheet peak for cpu in float32"):
+        inspect(model, torch.randn(2, 4), timing=True, peak="datasheet")
+    assert runs == []  # refused before the counted pass
+
+
+def test_utilisation_says_what_its_figures_are_over_and_when_a_peak_is_exceeded():
+    r = inspect(nn.Linear(256, 256), torch.randn(64, 256), timing=True, repeat=2, warmup=1, peak=(1e-3, 1.0))
+    text = str(r)
+    assert r.mfu > 1 and "above 100%: the given peak is not this device's for float32" in text
+    assert "over each call's time in the profiled pass" in text
+    assert "Per call: busy = the device running the call's own ops" in text
+    modest = inspect(nn.Linear(256, 256), torch.randn(64, 256), timing=True, repeat=2, warmup=1, peak=(1e9, 1e9))
+    assert "above 100%" not in str(modest)
+
+
+def test_no_roofline_tally_without_per_call_times():
+    r = inspect(Flaky(), torch.randn(1, 4), timing=True, repeat=2, warmup=1, peak=(100.0, 10.0))
+    assert r.timing.profiled_ms is None and "Roofline" not in str(r) and "Per call:" not in str(r)
+
+
+def test_bare_work_handed_to_a_pool_is_timed_under_the_call_that_handed_it_over():
+    """A call submits a bare matmul (no module) to a pool and waits: the matmul's op, on the pool's
+    thread, is that call's busy time, where its MACs are counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import inspector.timing as timing
+
+    if timing._all_threads() is None:
+        pytest.skip("this torch's profiler records the profiling thread only")
+
+    class Hand(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, x):
+            return self.pool.submit(torch.mm, x, x).result()
+
+    class Model(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.hand, self.lin = Hand(pool), nn.Linear(128, 128)
+
+        def forward(self, x):
+            return self.lin(self.hand(x))
+
+    with ThreadPoolExecutor(1) as pool:
+        r = inspect(Model(pool), torch.randn(128, 128), timing=True, repeat=2, warmup=1, peak=None)
+    assert r.layer("hand").macs == 128 ** 3 and r.layer("hand").busy_ms > 0
+    assert sum(rec.time_ms for rec in r.layers) == pytest.approx(r.timing.profiled_ms, rel=1e-9)
+
+
+def test_timing_after_a_meta_count_that_made_up_routing_counts_on_the_device():
+    """Top-1 routing by the router's scores: meta cannot know the pick, so a count on meta copies would
+    show another expert than the timed passes run; with timing, the count is redone on the device."""
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.router = nn.Linear(8, 4)
+            self.experts = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+
+        def forward(self, x):
+            pick = int(self.router(x).argmax(-1)[0])
+            return self.experts[pick](x)
+
+    torch.manual_seed(0)
+    model, x = MoE(), torch.randn(1, 8)
+    chosen = int(model.router(x).argmax(-1)[0])
+    r = inspect(model, x, timing=True, repeat=2, warmup=1, peak=None, count_on="meta")
+    assert [rec.name for rec in r.layers] == ["", "router", f"experts.{chosen}"] and r.timing.note is None
+    assert any("the timed passes need the calls that really run" in note for note in r.notes)
