@@ -127,13 +127,14 @@ def _progress_bar(force: bool | None):  # noqa: ANN202
 def _check_summary(args: argparse.Namespace) -> None:
     """What the command line can tell is wrong before a model is built."""
     if args.columns:
+        given = [c.strip() for c in args.columns.split(",") if c.strip()]
         try:
-            chosen = check_columns(None, args.columns)
+            chosen = check_columns(None, given)
         except ValueError as exc:
             raise CliError(f"--columns: {exc}") from None
         known = all_columns()
-        for given, name in zip((c.strip() for c in args.columns.split(",") if c.strip()), chosen):
-            _check_part(f"--columns {given}", known[name].needs, args)
+        for typed, name in zip(given, chosen):
+            _check_part(f"--columns {typed}", known[name].needs, args)
     ranked = next(f for f in all_figures() if args.sort in (f.name, *f.aliases))
     if args.top:
         _check_part(f"--sort {args.sort}", ranked.needs, args)
@@ -206,9 +207,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     with kept_warnings() as heard:
         spec = load(args.model, device=device, **_build_options(args))
         peak = "auto" if args.peak is None else None if args.peak == "none" else args.peak
-        timed = {"repeat": args.repeat, "warmup": args.warmup}
-        report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing,
-                              **{k: v for k, v in timed.items() if v is not None}, peak=peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
+        passes = {k: v for k, v in (("repeat", args.repeat), ("warmup", args.warmup)) if v is not None}
+        report = inspect_spec(spec, device=spec.device or device, dtype=args.dtype, timing=args.timing, **passes,
+                              peak=peak, flops=args.flops, backward=args.backward, optimizer=args.optimizer,
                               count_on=args.count_on, mode=args.mode, generate=args.generate)
     _say(heard)
     columns = args.columns.split(",") if args.columns else None

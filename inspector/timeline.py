@@ -102,9 +102,9 @@ def attribute(ranges: Sequence[tuple[float, float]], activities: Sequence[Activi
     n = len(ranges)
     busy, idle = [0.0] * n, [0.0] * n
     outside = [0.0, 0.0]
-    threads = list(threads) if threads is not None else [None] * n
-    owners = {t: _innermost_on(ranges, threads, t) for t in set(threads)}
-    main = owners.get(None) or _innermost_on(ranges, threads, None)
+    groups = _by_thread(threads if threads is not None else [None] * n)
+    owners = {t: _innermost_on(ranges, mine) for t, mine in groups.items()}
+    main = owners.get(None) or _innermost_on(ranges, [])
 
     def owner(act: Activity) -> int:
         mine = owners.get(act.thread)
@@ -112,10 +112,14 @@ def attribute(ranges: Sequence[tuple[float, float]], activities: Sequence[Activi
         return who if who >= 0 else main(act.launch)
 
     acts = sorted(activities, key=lambda a: (a.start, a.end))
-    opened = [(start, end) for (start, end), t in zip(ranges, threads) if end > start and t is None]
+    own = groups.get(None, [])  # the pass's own thread's calls
+    opened = [ranges[i] for i in own if ranges[i][1] > ranges[i][0]]
     host_start = min((start for start, _ in opened), default=None)
     host_end = max((end for _, end in opened), default=None)
-    host = _host_by_thread(ranges, threads)
+    host = [0.0] * n  # host_self within each thread's ranges (two threads' ranges overlap without nesting)
+    for mine in groups.values():
+        for i, value in zip(mine, host_self([ranges[i] for i in mine])):
+            host[i] = value
     if not acts and host_start is None:
         return Attribution(tuple(busy), tuple(idle), tuple(host), 0.0, 0.0)
     starts = [a.launch for a in acts] + [a.start for a in acts[:1]] + ([] if host_start is None else [host_start])
@@ -130,36 +134,35 @@ def attribute(ranges: Sequence[tuple[float, float]], activities: Sequence[Activi
             _charge(busy, outside, 0, who, act.end - cursor)
             cursor = act.end
     if host_end is not None and host_end > cursor:  # host work after the last activity: its calls wait
-        for start, end, who in _pieces(ranges, threads, main, cursor, host_end):
+        for start, end, who in _pieces([ranges[i] for i in own], main, cursor, host_end):
             _charge(idle, outside, 1, who, end - start)
         cursor = host_end
     return Attribution(tuple(busy), tuple(idle), tuple(host), span_start, cursor,
                        outside_busy=outside[0], outside_idle=outside[1])
 
 
-def _host_by_thread(ranges: Sequence[tuple[float, float]], threads: Sequence[int | None]) -> list[float]:
-    """``host_self`` within each thread's ranges (ranges of two threads overlap without nesting)."""
-    host = [0.0] * len(ranges)
-    for thread in set(threads):
-        mine = [i for i, t in enumerate(threads) if t == thread]
-        for i, value in zip(mine, host_self([ranges[i] for i in mine])):
-            host[i] = value
-    return host
+def _by_thread(threads: Sequence[int | None]) -> dict[int | None, list[int]]:
+    """The indices of the ranges of each thread."""
+    groups: dict[int | None, list[int]] = {}
+    for i, thread in enumerate(threads):
+        groups.setdefault(thread, []).append(i)
+    return groups
 
 
-def _innermost_on(ranges: Sequence[tuple[float, float]], threads: Sequence[int | None], thread: int | None
-                  ) -> Callable[[float], int]:
-    """``innermost`` over the ranges of one thread (indices into all of ``ranges``)."""
-    mine = [i for i, t in enumerate(threads) if t == thread]
+def _innermost_on(ranges: Sequence[tuple[float, float]], mine: list[int]) -> Callable[[float], int]:
+    """``innermost`` over the ranges ``mine`` (one thread's), answering with indices into ``ranges``."""
     find = innermost([ranges[i] for i in mine])
-    return lambda t: (lambda j: mine[j] if j >= 0 else -1)(find(t))
+
+    def owner(t: float) -> int:
+        j = find(t)
+        return mine[j] if j >= 0 else -1
+    return owner
 
 
-def _pieces(ranges: Sequence[tuple[float, float]], threads: Sequence[int | None], owner: Callable[[float], int],
-            start: float, end: float) -> list[tuple[float, float, int]]:
-    """``start``-``end`` cut where a range of the pass's own thread opens or closes, each piece with the
-    innermost call open in it."""
-    cuts = sorted({t for (a, b), th in zip(ranges, threads) if th is None for t in (a, b) if start < t < end})
+def _pieces(ranges: Sequence[tuple[float, float]], owner: Callable[[float], int], start: float, end: float
+            ) -> list[tuple[float, float, int]]:
+    """``start``-``end`` cut where one of ``ranges`` opens or closes, each piece with ``owner`` of its middle."""
+    cuts = sorted({t for a, b in ranges for t in (a, b) if start < t < end})
     bounds = [start, *cuts, end]
     return [(a, b, owner((a + b) / 2)) for a, b in zip(bounds, bounds[1:])]
 

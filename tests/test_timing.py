@@ -434,7 +434,9 @@ def test_launch_bound_is_judged_on_the_plain_forward():
     assert Timing("cpu", 1, 0, forward_ms=10.0).launch_bound is None
 
 
-def test_a_forward_mostly_in_python_is_launch_bound_and_one_in_a_matmul_is_not():
+def test_a_forward_mostly_in_python_is_launch_bound():
+    """5 ms of Python around a 4 x 4 linear: busy under half the plain forward by construction (the
+    other verdict is checked by hand above: a real one would rest on a ratio of two measured times)."""
     class Spun(nn.Module):
         def __init__(self):
             super().__init__()
@@ -446,8 +448,6 @@ def test_a_forward_mostly_in_python_is_launch_bound_and_one_in_a_matmul_is_not()
 
     spun = inspect(Spun(), torch.randn(2, 4), timing=True, repeat=2, warmup=1, peak=None)
     assert spun.timing.launch_bound and "launch-bound" in str(spun)
-    big = inspect(nn.Linear(1024, 1024), torch.randn(1024, 1024), timing=True, repeat=2, warmup=1, peak=None)
-    assert big.timing.launch_bound is False and "launch-bound" not in str(big)
 
 
 def test_timing_inside_a_profiler_of_yours_is_refused_and_leaves_it_running():
@@ -465,16 +465,7 @@ def test_timing_inside_a_profiler_of_yours_is_refused_and_leaves_it_running():
 def test_a_datasheet_peak_the_table_lacks_is_refused_before_any_pass():
     from inspector.errors import InputError
 
-    class Once(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin, self.calls = nn.Linear(4, 4), 0
-
-        def forward(self, x):
-            self.calls += 1
-            return self.lin(x)
-
-    model = Once()
+    model = nn.Linear(4, 4)
     runs = []
     model.register_forward_hook(lambda *_: runs.append(1))
     with pytest.raises(InputError, match="no datasheet peak for cpu in float32"):
